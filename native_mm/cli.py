@@ -1,0 +1,62 @@
+"""``native-mm`` console script: the only place that wires every part together.
+
+Each verb lives in the module that implements it, as ``main(argv) -> int | None``;
+this file only dispatches, importing the verb's module lazily so that
+``native-mm --help`` stays fast and one broken extra never breaks another verb.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# verb words -> ("module:function", one-line help). Longest match wins.
+VERBS: dict[tuple[str, ...], tuple[str, str]] = {
+    ("validate",): (
+        "native_mm.documents:main",
+        "check a documents JSONL file and report every bad record",
+    ),
+    ("tokenizer", "train", "text"): (
+        "native_mm.tokenizers.text:train_main",
+        "train the sentencepiece BPE text tokenizer from a spec YAML",
+    ),
+}
+
+
+def usage() -> str:
+    lines = ["usage: native-mm VERB [args...]", "", "verbs:"]
+    width = max(len(" ".join(v)) for v in VERBS)
+    for words, (_, help_) in sorted(VERBS.items()):
+        lines.append(f"  {' '.join(words):<{width}}  {help_}")
+    lines.append("\nRun `native-mm VERB --help` for a verb's arguments.")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if argv else 2
+    if argv[0] == "--version":
+        from native_mm import __version__
+
+        print(__version__)
+        return 0
+    for n in range(len(argv), 0, -1):
+        if tuple(argv[:n]) in VERBS:
+            target = VERBS[tuple(argv[:n])][0]
+            module, func = target.split(":")
+            prog = "native-mm " + " ".join(argv[:n])
+            try:
+                rc = getattr(importlib.import_module(module), func)(argv[n:], prog=prog)
+            except (ValueError, FileNotFoundError) as e:
+                # Errors a user can cause carry the file/record in their message.
+                print(f"{prog}: error: {e}", file=sys.stderr)
+                return 1
+            return int(rc or 0)
+    print(f"native-mm: unknown verb {' '.join(argv[:3])!r}\n\n{usage()}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""Lightning glue shared by the trainable tokenizers (image VQ-GAN, audio EnCodec).
+
+A spec YAML (``tokenizers/<modality>/*.yaml``) fills a modality's spec dataclass;
+:func:`fit_tokenizer` runs Lightning's Trainer on the modality's LightningModule with
+checkpoints under ``out_dir/checkpoints`` and resumes from ``last.ckpt`` when present.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+@dataclasses.dataclass
+class TrainerSpec:
+    """The Lightning Trainer knobs every tokenizer spec shares."""
+
+    max_steps: int = 1000  # optimiser steps
+    precision: str = "32-true"  # "bf16-mixed" on GPU; fp32 on this CPU (no bf16 units)
+    accelerator: str = "auto"
+    devices: int | str = 1
+    checkpoint_every: int = 500  # steps between checkpoints (last.ckpt is kept)
+    log_every: int = 25  # steps between logged metrics
+    val_every: int = 0  # steps between validation passes (0 = only at the end)
+    seed: int = 0
+    num_threads: int = 0  # torch intra-op threads (0 = torch's default)
+    logger: str = "csv"  # "csv" or "wandb" (offline unless WANDB_MODE says otherwise)
+
+
+def load_spec(cls: type[T], path: str | Path, overrides: list[str] | None = None) -> T:
+    """Read a YAML spec into dataclass ``cls``; ``overrides`` are ``a.b=value`` strings.
+
+    Nested dataclass fields (e.g. ``trainer: TrainerSpec``) are built recursively, and
+    unknown keys are an error naming the file and the key.
+    """
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ValueError(f"{path}: spec file not found") from None
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: invalid YAML ({e})") from None
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"override {item!r}: expected key=value")
+        node = raw
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = yaml.safe_load(value)
+    return _build(cls, raw, str(path))
+
+
+def _build(cls: type[T], raw: Any, where: str) -> T:
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where}: expected a mapping for {cls.__name__}, got {raw!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown} for {cls.__name__}")
+    kwargs = {}
+    for name, value in raw.items():
+        default = fields[name].default_factory  # type: ignore[misc]
+        if default is not dataclasses.MISSING and dataclasses.is_dataclass(default):
+            value = _build(default, value, f"{where}:{name}")
+        kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{where}: {e}") from None
+
+
+def fit_tokenizer(
+    module: Any,
+    train_loader: Any,
+    out_dir: str | Path,
+    spec: TrainerSpec,
+    val_loader: Any = None,
+    callbacks: list | None = None,
+) -> Any:
+    """Fit ``module`` with Lightning, checkpointing to ``out_dir/checkpoints``.
+
+    Resumes from ``out_dir/checkpoints/last.ckpt`` if it exists. Returns the Trainer.
+    """
+    import lightning as L
+    import torch
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger, WandbLogger
+
+    out_dir = Path(out_dir)
+    if spec.num_threads:
+        torch.set_num_threads(spec.num_threads)
+    L.seed_everything(spec.seed, workers=True, verbose=False)
+    ckpt_dir = out_dir / "checkpoints"
+    checkpoint = ModelCheckpoint(
+        dirpath=ckpt_dir, save_last=True, save_top_k=0, every_n_train_steps=spec.checkpoint_every
+    )
+    if spec.logger == "wandb":
+        logger = WandbLogger(save_dir=str(out_dir), project="native-mm", offline=True)
+    else:
+        logger = CSVLogger(save_dir=str(out_dir), name="logs", version=0)
+    trainer = L.Trainer(
+        max_steps=spec.max_steps,
+        precision=spec.precision,
+        accelerator=spec.accelerator,
+        devices=spec.devices,
+        logger=logger,
+        callbacks=[checkpoint, *(callbacks or [])],
+        log_every_n_steps=spec.log_every,
+        val_check_interval=spec.val_every or None,
+        check_val_every_n_epoch=None if spec.val_every else 1,
+        limit_val_batches=None if val_loader is not None else 0,
+        enable_model_summary=False,
+        default_root_dir=str(out_dir),
+    )
+    last = ckpt_dir / "last.ckpt"
+    trainer.fit(
+        module,
+        train_dataloaders=train_loader,
+        val_dataloaders=val_loader,
+        ckpt_path=str(last) if last.is_file() else None,
+    )
+    return trainer
