@@ -1,0 +1,429 @@
+"""The early-fusion decoder: one transformer over the shared token vocabulary.
+
+Chameleon-line decoder-only transformer (Team Chameleon 2024, arXiv:2405.09818):
+pre-norm RMSNorm, rotary position embeddings, SwiGLU MLP, QK-norm, no biases,
+``F.scaled_dot_product_attention``, optional grouped-query attention and tied embeddings.
+Written from scratch after reading nanoGPT (model.py), litgpt (model.py / config.py) and
+LlamaGen (gpt.py); it sees token ids only (no tokenizer, no Lightning).
+
+Three explicit entry points (never a mode chosen by which arguments are None):
+
+* :meth:`Transformer.forward` -- training path: causal logits for every position.
+* :meth:`Transformer.prefill` -- fills a fresh :class:`KVCache` with a (left-padded) batch
+  of prompts and returns the logits of each prompt's last token.
+* :meth:`Transformer.decode_step` -- appends one token per row to the cache.
+
+Prompts of different lengths are **left padded**: row ``b`` has ``pad[b]`` filler slots
+before its first real token. Pad slots are masked out of every attention and positions
+are counted from each row's first real token (``position = slot - pad[b]``), so a padded
+row computes exactly what it would compute alone.
+
+Shape legend:
+    B batch, T query length, S key length (cache slots), D model width (n_embd),
+    H query heads, G key/value heads (n_kv_head), C head size, F MLP hidden size,
+    V padded vocabulary size, L layers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+
+class ModelConfigError(ValueError):
+    """A model configuration whose sizes do not fit together."""
+
+
+@dataclass
+class ModelConfig:
+    """Every size of the transformer; derived sizes are filled in by ``__post_init__``."""
+
+    vocab_size: int = 512  # ids used by the shared vocabulary (Vocab.size)
+    block_size: int = 256  # longest sequence (rotary table and KV cache length)
+    n_layer: int = 2  # transformer blocks
+    n_head: int = 4  # query heads
+    n_embd: int = 64  # model width D
+    n_kv_head: int | None = None  # key/value heads for GQA (None = n_head, i.e. plain MHA)
+    intermediate_size: int | None = None  # SwiGLU hidden size (None = 8/3 D rounded up to 64)
+    qk_norm: bool = True  # RMSNorm on each head's queries and keys (Chameleon's stabiliser)
+    tie_embeddings: bool = False  # share the input embedding with the output projection
+    rope_base: float = 10000.0  # rotary embedding base frequency
+    norm_eps: float = 1e-5  # RMSNorm epsilon
+    init_std: float = 0.02  # std of the normal init (residual projections get /sqrt(2L))
+    head_size: int = field(init=False)  # derived: n_embd // n_head
+    padded_vocab_size: int = field(init=False)  # derived: vocab_size rounded up to 64
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            if getattr(self, name) < 1:
+                raise ModelConfigError(f"model config: {name} must be >= 1")
+        if self.n_kv_head is None:
+            self.n_kv_head = self.n_head
+        if self.n_embd % self.n_head:
+            raise ModelConfigError(
+                f"model config: n_embd={self.n_embd} not divisible by n_head={self.n_head}"
+            )
+        if self.n_kv_head < 1 or self.n_head % self.n_kv_head:
+            raise ModelConfigError(
+                f"model config: n_head={self.n_head} not divisible by n_kv_head={self.n_kv_head}"
+            )
+        self.head_size = self.n_embd // self.n_head
+        if self.head_size % 2:
+            raise ModelConfigError(f"model config: head size {self.head_size} must be even (RoPE)")
+        if self.intermediate_size is None:
+            # LLaMA's SwiGLU sizing: 2/3 of 4D keeps the parameter count of a 4D GELU MLP.
+            self.intermediate_size = 64 * math.ceil(8 * self.n_embd / 3 / 64)
+        # Pad the output layer to a multiple of 64 for efficient matmuls (nanoGPT's trick);
+        # the extra logits are never targets and generation masks them out.
+        self.padded_vocab_size = 64 * math.ceil(self.vocab_size / 64)
+
+    def to_dict(self) -> dict:
+        """The constructor arguments only (what checkpoints and YAML store)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "model config") -> ModelConfig:
+        """Rebuild from :meth:`to_dict` output; derived keys are ignored, unknown ones raise."""
+        init = {f.name for f in dataclasses.fields(cls) if f.init}
+        derived = {f.name for f in dataclasses.fields(cls) if not f.init}
+        unknown = set(d) - init - derived
+        if unknown:
+            raise ModelConfigError(f"{source}: unknown model config fields {sorted(unknown)}")
+        return cls(**{k: v for k, v in d.items() if k in init})
+
+    @classmethod
+    def from_name(cls, name: str, **overrides) -> ModelConfig:
+        """A preset from :data:`PRESETS`, with any field overridden (usually vocab_size)."""
+        if name not in PRESETS:
+            raise ModelConfigError(f"unknown model preset {name!r}; have {sorted(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+
+# Named presets. Parameter counts (embeddings included, untied) are for the vocab_size given.
+PRESETS: dict[str, dict] = {
+    # ~0.16M params at vocab 512: unit tests, seconds on a CPU.
+    "tiny": dict(vocab_size=512, block_size=256, n_layer=2, n_head=4, n_kv_head=2, n_embd=64),
+    # ~5.3M params at vocab 4096: the CPU demo recipe (minutes per epoch on 2 cores).
+    "demo": dict(vocab_size=4096, block_size=512, n_layer=4, n_head=4, n_embd=256),
+    # ~34.1M params at vocab 8192: the width/depth of the throughput benchmarks.
+    "bench": dict(vocab_size=8192, block_size=512, n_layer=8, n_head=8, n_embd=512),
+    # ~1.40B params at vocab 65536: GPU run (bf16-mixed, FSDP).
+    "1b": dict(
+        vocab_size=65536, block_size=4096, n_layer=24, n_head=16, n_kv_head=8, n_embd=2048,
+        intermediate_size=5632,
+    ),
+    # ~7.01B params at vocab 65536: Chameleon-7B's shape (32 x 4096, SwiGLU 11008).
+    "7b": dict(
+        vocab_size=65536, block_size=4096, n_layer=32, n_head=32, n_embd=4096,
+        intermediate_size=11008,
+    ),
+}  # fmt: skip
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm with a learned gain (no bias), over the last dimension."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+
+
+def rope_table(head_size: int, length: int, base: float) -> tuple[Tensor, Tensor]:
+    """cos and sin tables, each ``(length, C/2)``, for rotary embeddings (RoFormer)."""
+    inv_freq = 1.0 / base ** (torch.arange(0, head_size, 2, dtype=torch.float64) / head_size)
+    angles = torch.outer(torch.arange(length, dtype=torch.float64), inv_freq)
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate (first half, second half) pairs of each head.
+
+    x (B, H, T, C); cos, sin broadcastable to (B, 1, T, C/2).
+    """
+    x1, x2 = x.float().chunk(2, dim=-1)
+    out = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+    return out.type_as(x)
+
+
+class KVCache:
+    """Preallocated keys/values of every layer for a left-padded batch.
+
+    Attributes:
+        k, v: ``(L, B, G, S_max, C)`` buffers; slots ``[0, length)`` are filled.
+        pad: ``(B,)`` number of left-padding slots of each row.
+        length: number of filled slots (the same for every row, thanks to left padding).
+    """
+
+    def __init__(
+        self, config: ModelConfig, batch_size: int, max_len: int, device=None, dtype=None
+    ) -> None:
+        if max_len > config.block_size:
+            raise ModelConfigError(
+                f"KV cache of {max_len} slots exceeds block_size={config.block_size}"
+            )
+        shape = (config.n_layer, batch_size, config.n_kv_head, max_len, config.head_size)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.pad = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.length = 0
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[3]
+
+    @property
+    def batch_size(self) -> int:
+        return self.k.shape[1]
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Write k, v ``(B, G, T, C)`` at slots ``[length, length + T)``; return all filled.
+
+        ``length`` itself is advanced by the model once every layer has written.
+        """
+        start, stop = self.length, self.length + k.shape[2]
+        self.k[layer, :, :, start:stop] = k
+        self.v[layer, :, :, start:stop] = v
+        return self.k[layer, :, :, :stop], self.v[layer, :, :, :stop]
+
+    def select(self, rows: Tensor) -> None:
+        """Keep only the given batch rows (e.g. drop finished sequences)."""
+        self.k, self.v, self.pad = self.k[:, rows], self.v[:, rows], self.pad[rows]
+
+
+def attention_mask(pad: Tensor, q_start: int, t: int, s: int) -> Tensor:
+    """Boolean ``(B, 1, T, S)`` mask (True = attend) for queries at slots [q_start, q_start+T).
+
+    A query sees keys at or before its own slot that are not left padding. A padding query
+    sees only itself, so no softmax row is empty (an empty row gives NaN, which would leak
+    through the 0-weight products into later layers).
+    """
+    q = torch.arange(q_start, q_start + t, device=pad.device)[:, None]  # (T, 1)
+    k = torch.arange(s, device=pad.device)[None, :]  # (1, S)
+    real = k[None] >= pad[:, None, None]  # (B, 1, S)
+    mask = (k <= q) & (real | (k == q))  # (B, T, S)
+    return mask[:, None]
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        c, h, g = config.head_size, config.n_head, config.n_kv_head
+        self.qkv = nn.Linear(config.n_embd, (h + 2 * g) * c, bias=False)
+        self.proj = nn.Linear(h * c, config.n_embd, bias=False)
+        if config.qk_norm:
+            self.q_norm = RMSNorm(c, config.norm_eps)
+            self.k_norm = RMSNorm(c, config.norm_eps)
+
+    def forward(
+        self,
+        x: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        mask: Tensor | None,
+        cache: KVCache | None = None,
+        layer: int = 0,
+    ) -> Tensor:
+        """x (B, T, D) -> (B, T, D). ``mask`` None means plain causal over x itself."""
+        cfg = self.config
+        h, g = cfg.n_head, cfg.n_kv_head
+        q, k, v = self.qkv(x).split([h * cfg.head_size, g * cfg.head_size, g * cfg.head_size], -1)
+        q = rearrange(q, "b t (h c) -> b h t c", h=h)
+        k = rearrange(k, "b t (g c) -> b g t c", g=g)
+        v = rearrange(v, "b t (g c) -> b g t c", g=g)
+        if cfg.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)  # (B, G, S, C)
+        if g != h:
+            # Expanding K/V here is cheaper on CPU than SDPA's enable_gqa math path.
+            k = k.repeat_interleave(h // g, dim=1)
+            v = v.repeat_interleave(h // g, dim=1)
+        # mask None: training/prefill without padding -> causal; a 1-token decode with no
+        # padding attends to every filled slot, so neither needs a mask tensor.
+        is_causal = mask is None and q.shape[2] > 1
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
+        return self.proj(rearrange(y, "b h t c -> b t (h c)"))
+
+
+class MLP(nn.Module):
+    """SwiGLU (Shazeer 2020): down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.gate_up = nn.Linear(config.n_embd, 2 * config.intermediate_size, bias=False)
+        self.proj = nn.Linear(config.intermediate_size, config.n_embd, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.proj(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.norm1 = RMSNorm(config.n_embd, config.norm_eps)
+        self.attn = Attention(config)
+        self.norm2 = RMSNorm(config.n_embd, config.norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cos, sin, mask, cache=None, layer=0) -> Tensor:
+        x = x + self.attn(self.norm1(x), cos, sin, mask, cache, layer)
+        return x + self.mlp(self.norm2(x))
+
+
+class Transformer(nn.Module):
+    """Decoder-only LM over ``config.padded_vocab_size`` ids."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.padded_vocab_size, config.n_embd)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.norm = RMSNorm(config.n_embd, config.norm_eps)
+        self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.wte.weight
+        cos, sin = rope_table(config.head_size, config.block_size, config.rope_base)
+        self.register_buffer("rope_cos", cos, persistent=False)  # (block_size, C/2)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """GPT-2 init: N(0, init_std) everywhere, residual output projections scaled by
+        1/sqrt(2 L) so the residual stream's variance does not grow with depth; norms = 1."""
+        std = self.config.init_std
+        for name, p in self.named_parameters():
+            if p.dim() == 1:
+                nn.init.ones_(p)
+            elif name.endswith("proj.weight"):
+                nn.init.normal_(p, 0.0, std / math.sqrt(2 * self.config.n_layer))
+            else:
+                nn.init.normal_(p, 0.0, std)
+
+    # ---- counting ------------------------------------------------------------------
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Parameter count; ``non_embedding`` drops the input table (a lookup, not a matmul)."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding and not self.config.tie_embeddings:
+            n -= self.wte.weight.numel()
+        return n
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token (forward + backward), for MFU.
+
+        6 N for the matmul weights (N excludes the embedding lookup, includes lm_head), plus
+        attention scores and weighted sum: 2 matmuls x 2 FLOPs x L x D x T, times 3 for
+        forward + backward = 12 L D T (PaLM, Chowdhery et al. 2022, appendix B).
+        """
+        cfg = self.config
+        n = self.num_params(non_embedding=True)
+        if cfg.tie_embeddings:  # the tied table is used once as a matmul (lm_head)
+            n = sum(p.numel() for p in self.parameters())
+        return 6.0 * n + 12.0 * cfg.n_layer * cfg.n_embd * seq_len
+
+    # ---- forward passes --------------------------------------------------------------
+    def _rope(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """positions (B, T) -> cos, sin (B, 1, T, C/2)."""
+        return self.rope_cos[positions][:, None], self.rope_sin[positions][:, None]
+
+    def _check_len(self, length: int) -> None:
+        if length > self.config.block_size:
+            raise ModelConfigError(
+                f"sequence of {length} tokens exceeds block_size={self.config.block_size}"
+            )
+
+    def forward(self, idx: Tensor, pad: Tensor | None = None) -> Tensor:
+        """Causal logits for every position.
+
+        Args:
+            idx: ``(B, T)`` token ids.
+            pad: optional ``(B,)`` left-padding counts (only generation without a cache uses
+                it); training batches are packed and need none.
+
+        Returns:
+            ``(B, T, V)`` logits.
+        """
+        b, t = idx.shape
+        self._check_len(t)
+        if pad is None:
+            mask, cos, sin = None, self.rope_cos[None, None, :t], self.rope_sin[None, None, :t]
+        else:
+            mask = attention_mask(pad, 0, t, t)
+            slots = torch.arange(t, device=idx.device).expand(b, t)
+            cos, sin = self._rope((slots - pad[:, None]).clamp(min=0))
+        x = self.wte(idx)
+        for block in self.blocks:
+            x = block(x, cos, sin, mask)
+        return self.lm_head(self.norm(x))
+
+    def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
+        """An empty cache on the model's device and dtype (``max_len`` defaults to block_size)."""
+        p = self.lm_head.weight
+        return KVCache(
+            self.config, batch_size, max_len or self.config.block_size, p.device, p.dtype
+        )
+
+    def prefill(self, idx: Tensor, cache: KVCache, pad: Tensor | None = None) -> Tensor:
+        """Run left-padded prompts through the model, filling an empty cache.
+
+        Args:
+            idx: ``(B, T)`` prompt ids, row b left padded with ``pad[b]`` filler tokens.
+            cache: an empty :class:`KVCache` with ``batch_size == B``.
+            pad: ``(B,)`` padding counts (None = no padding).
+
+        Returns:
+            ``(B, V)`` logits for the token after each prompt.
+        """
+        if cache.length:
+            raise ValueError("prefill needs an empty KV cache; make a new one with new_cache()")
+        b, t = idx.shape
+        if cache.batch_size != b:
+            raise ValueError(f"cache holds {cache.batch_size} rows, prompts have {b}")
+        cache.pad = torch.zeros(b, dtype=torch.long, device=idx.device) if pad is None else pad
+        return self._extend(idx, cache)[:, -1]
+
+    def decode_step(self, idx: Tensor, cache: KVCache) -> Tensor:
+        """Append one token per row. idx ``(B,)`` -> logits ``(B, V)`` for the next token."""
+        return self._extend(idx[:, None], cache)[:, -1]
+
+    def _extend(self, idx: Tensor, cache: KVCache) -> Tensor:
+        """idx (B, T) written at cache slots [length, length + T) -> logits (B, T, V)."""
+        b, t = idx.shape
+        start = cache.length
+        if start + t > cache.max_len:
+            raise ModelConfigError(
+                f"generation reached {start + t} tokens, beyond the cache's {cache.max_len} "
+                f"(block_size={self.config.block_size})"
+            )
+        padded = bool(cache.pad.any())
+        if padded:
+            mask = attention_mask(cache.pad, start, t, start + t)
+        elif t > 1 and start > 0:
+            mask = attention_mask(cache.pad, start, t, start + t)  # chunk after a prefix
+        else:
+            mask = None  # causal prefill from empty, or a single token seeing every slot
+        if padded:
+            slots = torch.arange(start, start + t, device=idx.device).expand(b, t)
+            cos, sin = self._rope((slots - cache.pad[:, None]).clamp(min=0))
+        else:
+            cos = self.rope_cos[None, None, start : start + t]  # (1, 1, T, C/2)
+            sin = self.rope_sin[None, None, start : start + t]
+        x = self.wte(idx)
+        for i, block in enumerate(self.blocks):
+            x = block(x, cos, sin, mask, cache, i)
+        cache.length = start + t
+        return self.lm_head(self.norm(x))
