@@ -78,8 +78,8 @@ class TextSpec:
             raise ValueError(
                 f"vocab_size={self.vocab_size}: need > 257 (<unk> + 256 byte pieces + pieces)"
             )
-        if not 0.0 < self.character_coverage <= 1.0:
-            raise ValueError(f"character_coverage={self.character_coverage}: must be in (0, 1]")
+        if not 0.98 <= self.character_coverage <= 1.0:  # sentencepiece's own limits
+            raise ValueError(f"character_coverage={self.character_coverage}: must be in [0.98, 1]")
         for name in ("max_lines", "max_line_bytes", "max_piece_length", "num_threads"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)}: must be >= 0")
@@ -138,6 +138,12 @@ class TextTokenizer(Tokenizer):
             raise TextTokenizerError(
                 f"{source}: model has control pieces (<s>, </s>, ...); train with "
                 "bos_id=eos_id=pad_id=-1 (the shared vocabulary owns the specials)"
+            )
+        meta_id = sp.piece_to_id(META)
+        if sp.is_unknown(meta_id) or sp.is_byte(meta_id):
+            raise TextTokenizerError(
+                f"{source}: model has no {META!r} piece, so spaces would come back as "
+                f"{META!r}; train with required_chars={META!r}"
             )
         self._table = table
         self._meta_ids = [byte_id[b] for b in META.encode("utf-8")]
@@ -336,6 +342,9 @@ def train_text_tokenizer(spec: TextSpec, texts: Iterable[str]) -> TextTokenizer:
             normalization_rule_name="identity",
             add_dummy_prefix=False,
             remove_extra_whitespaces=False,
+            # Without a "▁" piece sentencepiece byte-encodes spaces as the bytes of "▁",
+            # indistinguishable from a literal "▁": force the piece whatever the coverage.
+            required_chars=META,
             split_digits=spec.split_digits,
             allow_whitespace_only_pieces=spec.allow_whitespace_only_pieces,
             max_sentencepiece_length=spec.max_piece_length,
