@@ -75,6 +75,15 @@ def test_round_trip_any_unicode(text_tokenizer, text):
     assert text_tokenizer.decode(ids) == text
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.lists(TEXTS, max_size=4))
+def test_decode_is_concatenative(text_tokenizer, parts):
+    # The sequence codec merges adjacent text segments into one run of ids: decoding the
+    # concatenated ids must give the concatenated text.
+    ids = np.concatenate([text_tokenizer.encode(p) for p in parts] + [np.zeros(0, np.int64)])
+    assert text_tokenizer.decode(ids) == "".join(parts)
+
+
 @pytest.mark.parametrize("text", EXPLICIT)
 def test_round_trip_explicit(text_tokenizer, text):
     assert text_tokenizer.decode(text_tokenizer.encode(text)) == text

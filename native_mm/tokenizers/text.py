@@ -71,7 +71,7 @@ class TextSpec:
     max_piece_length: int = 16  # longest piece, in characters
     hard_vocab_limit: bool = True  # False: a small corpus may give fewer than vocab_size
     seed: int = 0  # sentencepiece's random generator seed
-    num_threads: int = 1  # trainer threads
+    num_threads: int = 1  # trainer threads (recorded in the model file: part of its fingerprint)
 
     def __post_init__(self) -> None:
         if self.vocab_size < 258:
@@ -302,7 +302,9 @@ def _lines(texts: Iterable[str], max_line_bytes: int) -> Iterator[str]:
                     yield line[i : i + max_chars]
 
 
-def train_text_tokenizer(spec: TextSpec, texts: Iterable[str]) -> TextTokenizer:
+def train_text_tokenizer(
+    spec: TextSpec, texts: Iterable[str], verbose: bool = False
+) -> TextTokenizer:
     """Train a sentencepiece BPE (byte fallback, identity normalisation) on ``texts``.
 
     Args:
@@ -310,6 +312,7 @@ def train_text_tokenizer(spec: TextSpec, texts: Iterable[str]) -> TextTokenizer:
             :func:`iter_spec_texts`), only the trainer settings.
         texts: strings (each may hold several lines; blank lines are ignored). Lines with
             lone surrogates are skipped.
+        verbose: let sentencepiece log its progress (merges) to stderr.
 
     Raises:
         ValueError: no training text, or sentencepiece refused the settings (e.g. a
@@ -357,7 +360,7 @@ def train_text_tokenizer(spec: TextSpec, texts: Iterable[str]) -> TextTokenizer:
             input_sentence_size=0,
             shuffle_input_sentence=False,
             num_threads=max(1, spec.num_threads),
-            minloglevel=2,
+            minloglevel=0 if verbose else 2,
         )
     except RuntimeError as e:
         if counts["lines"] == 0:
@@ -463,6 +466,9 @@ def train_main(argv: list[str] | None = None, prog: str = "native-mm tokenizer t
         help="text or documents .jsonl file/glob (repeatable); replaces the spec's `inputs` "
         "(relative to the current directory; the spec's own are relative to the spec file)",
     )
+    parser.add_argument(
+        "--verbose", action="store_true", help="show sentencepiece's training log (merges)"
+    )
     parser.add_argument("overrides", nargs="*", help="spec overrides, key=value")
     args = parser.parse_args(argv)
     spec = load_spec(TextSpec, args.config, args.overrides)
@@ -474,7 +480,8 @@ def train_main(argv: list[str] | None = None, prog: str = "native-mm tokenizer t
         raise ValueError(f"{args.config}: no inputs (set `inputs`/`builtin` or pass --input)")
     stats: dict = {}
     t0 = time.perf_counter()
-    tok = train_text_tokenizer(spec, iter_spec_texts(spec, files, stats, progress=True))
+    texts = iter_spec_texts(spec, files, stats, progress=True)
+    tok = train_text_tokenizer(spec, texts, verbose=args.verbose)
     seconds = time.perf_counter() - t0
     tok.save(args.out)
     sample = "The digit 7 is written seven. 数字 7 😀"
@@ -489,6 +496,8 @@ def train_main(argv: list[str] | None = None, prog: str = "native-mm tokenizer t
         "input_bytes": stats.get("bytes", 0),
         "skipped_bad_utf8_lines": stats.get("bad_lines", 0),
         "skipped_documents": stats.get("skipped_documents", 0),
+        "lines": tok.train_stats["lines"],
+        "skipped_lone_surrogate_lines": tok.train_stats["skipped"],
         "sample": {"text": sample, "pieces": tok.pieces(sample)},
     }
     write_json(args.out / "train_log.json", log)
