@@ -1,0 +1,1 @@
+"""Training: packed token shards, the DataModule, the LightningModule and ``native-mm fit``."""

@@ -1,0 +1,326 @@
+"""DataModule over packed token shards: mixtures, packing, dropouts, exact resume.
+
+Packing. Sample ``i`` (a global sample index) is a pure function of ``(seed, i)``: a
+generator seeded with ``(seed, i)`` picks a source by the mixture weights and a start
+document, then documents ``d, d+1, ...`` of that source (after the dropouts below) are
+concatenated until ``T + 1`` tokens are filled; the last document is cut. Every
+sequence therefore starts at a document boundary with ``<bos>``. Sampling is with
+replacement (a nominal epoch is ``tokens / T`` samples).
+
+Document boundaries. Attention is *not* masked across documents inside a packed
+sequence (like GPT/LLaMA pretraining); instead the loss mask handles the boundary:
+
+* target ``t`` is trained on only if ``loss[t]`` is set: prompt/context segments
+  (``"loss": false``), ``<bos>`` and ``<uncond>`` are never targets, so the model is never
+  asked to predict the first token of an unrelated document from the previous one;
+* ``<eos>`` is a target, so the model learns where documents end.
+
+Modality dropout removes a whole ``<boi> ... <eoi>`` (or ``<boa> ... <eoa>``) span with
+probability ``image_dropout`` / ``audio_dropout`` per span.
+
+Conditioning dropout (classifier-free guidance). With probability ``cond_dropout`` per
+image/audio span, the *prompt* of that span -- the tokens between the end of the previous
+image/audio span (or ``<bos>``) and the span's opening marker -- is replaced by a single
+``<uncond>`` token (not a target). The unconditional context at generation time is then
+``<bos> <uncond> <boi>`` (or ``<boa>``), which generation's CFG uses.
+
+Resume. The loader's position is ``batches_consumed`` (global batches), kept in the
+DataModule's ``state_dict`` (saved in every Lightning checkpoint). Rank ``r`` of ``W``
+draws samples ``g * B_global + r * B_local + j`` for global batch ``g``, so a run on
+``W`` processes sees the same global batches as one process with the same global batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from native_mm.training.shards import ShardError, ShardSet
+from native_mm.vocab import BOA, BOI, BOS, EOA, EOI, UNCOND, manifest_digest
+
+
+@dataclass
+class DropoutConfig:
+    """Per-span dropout probabilities applied when a document is packed."""
+
+    image_dropout: float = 0.0  # drop a whole image span with this probability
+    audio_dropout: float = 0.0  # drop a whole audio span with this probability
+    cond_dropout: float = 0.0  # replace a media span's prompt with <uncond> (CFG training)
+
+    def active(self) -> bool:
+        return bool(self.image_dropout or self.audio_dropout or self.cond_dropout)
+
+
+def _spans(ids: np.ndarray) -> list[tuple[int, int, str]]:
+    """Media spans of one document as ``(start, stop, kind)``, stop exclusive."""
+    out = []
+    for opener, closer, kind in ((BOI, EOI, "image"), (BOA, EOA, "audio")):
+        starts = np.flatnonzero(ids == opener)
+        stops = np.flatnonzero(ids == closer)
+        for s in starts:
+            after = stops[stops > s]
+            if after.size:
+                out.append((int(s), int(after[0]) + 1, kind))
+    return sorted(out)
+
+
+def transform_document(
+    ids: np.ndarray, loss: np.ndarray, cfg: DropoutConfig, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Apply modality and conditioning dropout to one document (see module docstring)."""
+    if not cfg.active():
+        return ids, loss
+    spans = _spans(ids)
+    if not spans:
+        return ids, loss
+    pieces_ids, pieces_loss, pos = [], [], 0
+    prev_end = 1 if len(ids) and ids[0] == BOS else 0
+    if prev_end:
+        pieces_ids.append(ids[:1])
+        pieces_loss.append(loss[:1])
+        pos = 1
+    for start, stop, kind in spans:
+        p_drop = cfg.image_dropout if kind == "image" else cfg.audio_dropout
+        drop = rng.random() < p_drop
+        uncond = rng.random() < cfg.cond_dropout
+        if drop:
+            pieces_ids.append(ids[pos:start])
+            pieces_loss.append(loss[pos:start])
+        elif uncond:
+            pieces_ids.append(np.array([UNCOND], dtype=ids.dtype))
+            pieces_loss.append(np.array([False]))
+            pieces_ids.append(ids[start:stop])
+            pieces_loss.append(loss[start:stop])
+        else:
+            pieces_ids.append(ids[pos:stop])
+            pieces_loss.append(loss[pos:stop])
+        pos = stop
+    pieces_ids.append(ids[pos:])
+    pieces_loss.append(loss[pos:])
+    return np.concatenate(pieces_ids), np.concatenate(pieces_loss)
+
+
+class PackedDataset(Dataset):
+    """Map-style dataset: global sample index -> packed ``(T + 1)``-token window.
+
+    Args:
+        sources: shard sets to mix.
+        weights: mixture weights (normalised), one per source.
+        seq_len: ``T``; each item holds ``input`` and ``target`` of length ``T``.
+        seed: sampling seed.
+        dropout: span dropouts (training only).
+    """
+
+    def __init__(
+        self,
+        sources: list[ShardSet],
+        weights: list[float],
+        seq_len: int,
+        seed: int = 0,
+        dropout: DropoutConfig | None = None,
+    ) -> None:
+        if len(sources) != len(weights) or not sources:
+            raise ValueError(f"{len(sources)} sources but {len(weights)} weights")
+        w = np.asarray(weights, dtype=np.float64)
+        if (w < 0).any() or w.sum() <= 0:
+            raise ValueError(f"mixture weights must be >= 0 with a positive sum, got {weights}")
+        for s in sources:
+            if len(s) == 0:
+                raise ShardError(f"{s.path}: shard set holds no documents")
+        self.sources, self.p = sources, w / w.sum()
+        self.seq_len, self.seed = seq_len, seed
+        self.dropout = dropout or DropoutConfig()
+
+    def __len__(self) -> int:  # a nominal epoch; indices beyond it are valid too
+        return max(1, sum(s.tokens for s in self.sources) // self.seq_len)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, int(index)])
+        src = self.sources[int(rng.choice(len(self.sources), p=self.p))]
+        doc = int(rng.integers(len(src)))
+        need, ids_parts, loss_parts, have = self.seq_len + 1, [], [], 0
+        while have < need:
+            ids, loss = src.document(doc)
+            ids, loss = transform_document(ids, loss, self.dropout, rng)
+            ids_parts.append(ids)
+            loss_parts.append(loss)
+            have += len(ids)
+            doc = (doc + 1) % len(src)
+        ids = np.concatenate(ids_parts)[:need]
+        loss = np.concatenate(loss_parts)[:need]
+        return {
+            "input": torch.from_numpy(ids[:-1].copy()),
+            "target": torch.from_numpy(ids[1:].copy()),
+            "mask": torch.from_numpy(loss[1:].copy()),
+        }
+
+
+class ResumableBatchSampler(Sampler[list[int]]):
+    """Global batch ``g`` -> this rank's sample indices; starts after ``start_batch``.
+
+    ``len`` is a nominal epoch of ``epoch_batches`` global batches; epoch ``e`` covers
+    global batches ``[e * epoch_batches, (e + 1) * epoch_batches)``.
+    """
+
+    def __init__(
+        self,
+        local_batch: int,
+        rank: int,
+        world: int,
+        epoch_batches: int,
+        start_batch: int = 0,
+        offset: int = 0,
+    ) -> None:
+        self.local_batch, self.rank, self.world = local_batch, rank, world
+        self.epoch_batches, self.start_batch, self.offset = epoch_batches, start_batch, offset
+        self.epoch = start_batch // epoch_batches
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.epoch_batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        first = self.epoch * self.epoch_batches
+        begin = max(self.start_batch - first, 0)
+        g_batch = self.local_batch * self.world
+        for b in range(begin, self.epoch_batches):
+            base = self.offset + (first + b) * g_batch + self.rank * self.local_batch
+            yield list(range(base, base + self.local_batch))
+
+
+@dataclass
+class SourceSpec:
+    """One shard directory of the mixture."""
+
+    path: str  # shard directory written by `native-mm tokenize`
+    weight: float = 1.0  # mixture weight (normalised over sources)
+
+
+class ShardDataModule(L.LightningDataModule):
+    """Packed, mixed, resumable batches from shard directories.
+
+    Args:
+        sources: training shard directories with mixture weights.
+        val_sources: held-out shard directories (None = no validation).
+        seq_len: tokens per sequence ``T`` (inputs; windows are ``T + 1`` long).
+        batch_size: GLOBAL batch size (split evenly over ranks).
+        seed: sampling seed (part of the resumable state).
+        dropout: modality / conditioning dropout probabilities.
+        val_batches: number of validation batches.
+        num_workers: DataLoader worker processes.
+        verify: shard checksum verification at setup ("full", "size", "none").
+        epoch_batches: global batches per nominal epoch (0 = tokens / (T * batch)).
+    """
+
+    def __init__(
+        self,
+        sources: list[SourceSpec],
+        val_sources: list[SourceSpec] | None = None,
+        seq_len: int = 256,
+        batch_size: int = 8,
+        seed: int = 0,
+        dropout: DropoutConfig | None = None,
+        val_batches: int = 4,
+        num_workers: int = 0,
+        verify: str = "full",
+        epoch_batches: int = 0,
+    ) -> None:
+        super().__init__()
+        self.sources = [s if isinstance(s, SourceSpec) else SourceSpec(**s) for s in sources]
+        self.val_sources = [
+            s if isinstance(s, SourceSpec) else SourceSpec(**s) for s in (val_sources or [])
+        ]
+        if not self.sources:
+            raise ValueError("data: at least one training source is required")
+        self.seq_len, self.batch_size, self.seed = seq_len, batch_size, seed
+        self.dropout = dropout or DropoutConfig()
+        self.val_batches, self.num_workers, self.verify = val_batches, num_workers, verify
+        self.epoch_batches = epoch_batches
+        self.batches_consumed = 0
+        self._train: ShardSet | None = None
+        sets = [ShardSet(s.path, verify="none") for s in self.sources + self.val_sources]
+        self.vocab_manifest = sets[0].manifest["vocab"]
+        for s in sets[1:]:
+            if manifest_digest(s.manifest["vocab"]) != manifest_digest(self.vocab_manifest):
+                raise ShardError(
+                    f"{s.path}: built with a different tokenizer set "
+                    f"({manifest_digest(s.manifest['vocab'])}) than {sets[0].path} "
+                    f"({manifest_digest(self.vocab_manifest)})"
+                )
+        self.vocab = sets[0].vocab
+
+    @property
+    def vocab_size(self) -> int:
+        return self.vocab.size
+
+    def _world(self) -> tuple[int, int]:
+        t = self._trainer
+        return (t.global_rank, t.world_size) if t is not None else (0, 1)
+
+    def setup(self, stage: str | None = None) -> None:
+        rank, world = self._world()
+        if self.batch_size % world:
+            raise ValueError(f"data.batch_size={self.batch_size} not divisible by {world} ranks")
+        train = [ShardSet(s.path, verify=self.verify) for s in self.sources]
+        self.train_set = PackedDataset(
+            train, [s.weight for s in self.sources], self.seq_len, self.seed, self.dropout
+        )
+        self.val_set = None
+        if self.val_sources:
+            val = [ShardSet(s.path, verify=self.verify) for s in self.val_sources]
+            self.val_set = PackedDataset(
+                val, [s.weight for s in self.val_sources], self.seq_len, self.seed + 1
+            )
+
+    def _loader(self, dataset: Dataset, sampler: Sampler) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            num_workers=self.num_workers,
+            pin_memory=False,
+            persistent_workers=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        rank, world = self._world()
+        epoch = self.epoch_batches or max(1, len(self.train_set) // self.batch_size)
+        sampler = ResumableBatchSampler(
+            self.batch_size // world, rank, world, epoch, start_batch=self.batches_consumed
+        )
+        return self._loader(self.train_set, sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        if self.val_set is None:
+            return []
+        rank, world = self._world()
+        sampler = ResumableBatchSampler(self.batch_size // world, rank, world, self.val_batches)
+        return self._loader(self.val_set, sampler)
+
+    # ---- resumable state (saved in every checkpoint by Lightning) ----------------------
+    def state_dict(self) -> dict:
+        t = self._trainer
+        consumed = self.batches_consumed
+        if t is not None:
+            consumed = t.global_step * t.accumulate_grad_batches
+        return {"batches_consumed": consumed, "seed": self.seed, "batch_size": self.batch_size}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("seed") != self.seed or state.get("batch_size") != self.batch_size:
+            raise ValueError(
+                f"resume: the checkpoint's data seed/batch_size ({state.get('seed')}, "
+                f"{state.get('batch_size')}) differ from the config ({self.seed}, "
+                f"{self.batch_size}); the data order would not match"
+            )
+        self.batches_consumed = int(state["batches_consumed"])
+
+
+def source_paths(specs: list[SourceSpec]) -> list[Path]:
+    return [Path(s.path) for s in specs]

@@ -1,0 +1,432 @@
+"""Packed token shards: documents (JSONL) + a tokenizer set -> memmap shards + manifest.
+
+Layout of a shard directory::
+
+    out/manifest.json              vocabulary manifest, counts per modality and source,
+                                   every shard file's sha256, and its own checksum
+    out/skipped.json               every skipped record with its reason
+    out/shards/00000.ids.bin       token ids, ``vocab.dtype`` (narrowest unsigned int)
+    out/shards/00000.loss.bin      uint8 per token: 1 = training target, 0 = prompt/context
+    out/shards/00000.docs.npy      int64 ``(n_docs + 1,)`` document start offsets
+    out/shards/00000.done.json     completion marker (counts, checksums, skipped records)
+
+Resumability: valid documents are numbered in file order and document ``k`` always goes
+to shard ``k // docs_per_shard``. A shard counts as done only when its marker exists, was
+written for the same build (inputs, tokenizer fingerprints, options) and its files match
+the marker's checksums; every file is written atomically (temp file + rename) and the
+marker last. Re-running after an interruption therefore redoes exactly the unfinished
+shards: no document is lost or written twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import hashlib
+import json
+import multiprocessing as mp
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from native_mm.io import atomic_write, sha256_file, write_json
+from native_mm.vocab import MODALITIES, Vocab, VocabError
+
+SHARDS_VERSION = 1
+FILES = ("ids.bin", "loss.bin", "docs.npy")
+
+
+class ShardError(ValueError):
+    """A missing, corrupted or inconsistent shard or manifest; the message names the file."""
+
+
+# ---- checksummed manifest -------------------------------------------------------------
+def _json_digest(obj: dict) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def write_manifest(path: str | Path, manifest: dict) -> None:
+    """Write ``manifest`` with a ``checksum`` field over its canonical JSON."""
+    body = {k: v for k, v in manifest.items() if k != "checksum"}
+    write_json(path, {**body, "checksum": _json_digest(body)})
+
+
+def read_manifest(path: str | Path) -> dict:
+    """Read and verify a checksummed shard manifest (file, or the directory holding it)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ShardError(f"{path}: no shard manifest (run `native-mm tokenize` first)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ShardError(f"{path}: corrupted shard manifest, not valid JSON ({e})") from None
+    if not isinstance(manifest, dict) or "checksum" not in manifest:
+        raise ShardError(f"{path}: corrupted shard manifest (no checksum field)")
+    body = {k: v for k, v in manifest.items() if k != "checksum"}
+    if _json_digest(body) != manifest["checksum"]:
+        raise ShardError(f"{path}: corrupted shard manifest (checksum mismatch)")
+    if manifest.get("version") != SHARDS_VERSION:
+        raise ShardError(f"{path}: shard format version {manifest.get('version')!r}")
+    return manifest
+
+
+# ---- writing one shard ----------------------------------------------------------------
+def shard_paths(out_dir: Path, index: int) -> dict[str, Path]:
+    base = Path(out_dir) / "shards"
+    names = {f: base / f"{index:05d}.{f}" for f in FILES}
+    names["done"] = base / f"{index:05d}.done.json"
+    return names
+
+
+def write_shard(
+    out_dir: str | Path,
+    index: int,
+    docs: list[tuple[np.ndarray, np.ndarray]],
+    vocab: Vocab,
+    meta: dict | None = None,
+) -> dict:
+    """Write one shard from ``(ids (L,), loss_mask (L,))`` pairs; returns its marker.
+
+    Files are written atomically and the ``.done.json`` marker last.
+    """
+    paths = shard_paths(Path(out_dir), index)
+    lengths = np.array([len(ids) for ids, _ in docs], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    ids = np.concatenate([d[0] for d in docs]) if docs else np.zeros(0, np.int64)
+    loss = np.concatenate([d[1] for d in docs]) if docs else np.zeros(0, bool)
+    if ids.size and (ids.min() < 0 or ids.max() >= vocab.size):
+        raise ShardError(f"{paths['ids.bin']}: ids outside the vocabulary [0, {vocab.size})")
+    with atomic_write(paths["ids.bin"]) as f:
+        f.write(ids.astype(vocab.dtype).tobytes())
+    with atomic_write(paths["loss.bin"]) as f:
+        f.write(loss.astype(np.uint8).tobytes())
+    with atomic_write(paths["docs.npy"]) as f:
+        np.save(f, offsets)
+    counts = np.bincount(vocab.modality_of(ids), minlength=len(MODALITIES)) if ids.size else []
+    marker = {
+        "index": index,
+        "documents": len(docs),
+        "tokens": int(ids.size),
+        "loss_tokens": int(loss.sum()),
+        "modality_tokens": {m: int(c) for m, c in zip(MODALITIES, counts, strict=False)},
+        "files": {f: {"name": paths[f].name, "sha256": sha256_file(paths[f])} for f in FILES},
+        **(meta or {}),
+    }
+    write_json(paths["done"], marker)
+    return marker
+
+
+def _marker_ok(out_dir: Path, index: int, build_key: str) -> dict | None:
+    """The shard's marker if it is complete, for this build, and its files are intact."""
+    paths = shard_paths(out_dir, index)
+    try:
+        marker = json.loads(paths["done"].read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    if marker.get("build_key") != build_key:
+        return None
+    for f in FILES:
+        if not paths[f].is_file() or sha256_file(paths[f]) != marker["files"][f]["sha256"]:
+            return None
+    return marker
+
+
+# ---- the tokenize job -----------------------------------------------------------------
+@dataclass
+class _Job:
+    out_dir: str
+    index: int
+    docs: list  # list[(source name, Document)]
+    build_key: str
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(tokenizers: Any, audio_levels: int | None) -> None:
+    from native_mm.sequence import SequenceCodec
+    from native_mm.tokenizers.base import TokenizerSet
+
+    if not isinstance(tokenizers, TokenizerSet):
+        tokenizers = TokenizerSet.load(tokenizers)
+    _WORKER["tokenizers"] = tokenizers
+    _WORKER["codec"] = SequenceCodec(tokenizers.vocab, audio_levels=audio_levels)
+
+
+def _run_job(job: _Job) -> dict:
+    from native_mm.sequence import encode_document
+
+    tokenizers, codec = _WORKER["tokenizers"], _WORKER["codec"]
+    encoded, kept, skipped = [], [], []
+    sources: collections.Counter = collections.Counter()
+    source_tokens: collections.Counter = collections.Counter()
+    for source, doc in job.docs:
+        try:
+            enc = encode_document(doc, tokenizers, codec)
+        except (ValueError, OSError) as e:  # MediaError, SequenceError, unreadable files
+            skipped.append(
+                {"source": doc.source, "id": doc.id, "reason": type(e).__name__, "message": str(e)}
+            )
+            continue
+        encoded.append((enc.ids, enc.loss_mask))
+        kept.append(doc.id)
+        sources[source] += 1
+        source_tokens[source] += len(enc.ids)
+    meta = {
+        "build_key": job.build_key,
+        "doc_ids": kept,
+        "skipped": skipped,
+        "sources": {s: {"documents": sources[s], "tokens": source_tokens[s]} for s in sources},
+    }
+    return write_shard(job.out_dir, job.index, encoded, tokenizers.vocab, meta)
+
+
+def tokenize(
+    inputs: list[str | Path],
+    out_dir: str | Path,
+    tokenizers: Any,
+    docs_per_shard: int = 512,
+    workers: int = 2,
+    audio_levels: int | None = None,
+    log: Any = print,
+) -> dict:
+    """Documents JSONL files -> packed shards in ``out_dir``; returns the manifest.
+
+    Args:
+        inputs: JSONL documents files; each file's stem names a source in the mixture stats.
+        out_dir: output directory (created; an existing partial build is resumed).
+        tokenizers: a ``TokenizerSet`` or the directory it was saved to.
+        docs_per_shard: valid documents per shard (fixes the document -> shard assignment).
+        workers: encoding processes (0 = encode in this process).
+        audio_levels: RVQ levels per audio frame (None = all of the vocabulary's).
+        log: progress printer.
+    """
+    from native_mm.documents import SkipReport, read_documents
+    from native_mm.tokenizers.base import TokenizerSet
+
+    out_dir = Path(out_dir)
+    if docs_per_shard < 1:
+        raise ValueError(f"docs_per_shard must be >= 1, got {docs_per_shard}")
+    tset = tokenizers if isinstance(tokenizers, TokenizerSet) else TokenizerSet.load(tokenizers)
+    vocab_manifest = tset.manifest()
+    docs, invalid, input_info = [], [], []
+    for path in map(Path, inputs):
+        report = SkipReport()
+        for doc in read_documents(path, on_error="skip", report=report):
+            docs.append((path.stem, doc))
+        invalid += [
+            {"source": src, "reason": "invalid_record", "message": msg}
+            for src, msg in report.messages
+        ]
+        input_info.append(
+            {"path": str(path), "sha256": sha256_file(path), "skipped": dict(report.counts)}
+        )
+    build = {
+        "inputs": [i["sha256"] for i in input_info],
+        "vocab": vocab_manifest,
+        "docs_per_shard": docs_per_shard,
+        "audio_levels": audio_levels,
+        "version": SHARDS_VERSION,
+    }
+    build_key = _json_digest(build)
+    n_shards = max(1, -(-len(docs) // docs_per_shard))
+    markers: dict[int, dict] = {}
+    todo = []
+    for i in range(n_shards):
+        marker = _marker_ok(out_dir, i, build_key)
+        if marker is not None:
+            markers[i] = marker
+        else:
+            chunk = docs[i * docs_per_shard : (i + 1) * docs_per_shard]
+            todo.append(_Job(str(out_dir), i, chunk, build_key))
+    log(f"tokenize: {len(docs)} documents -> {n_shards} shards ({len(markers)} already done)")
+    t0 = time.perf_counter()
+    if todo and workers > 0:
+        ctx = mp.get_context("spawn")  # fork after torch threads start can deadlock
+        arg = tokenizers if isinstance(tokenizers, TokenizerSet) else str(tokenizers)
+        with ctx.Pool(min(workers, len(todo)), _init_worker, (arg, audio_levels)) as pool:
+            for marker in pool.imap_unordered(_run_job, todo):
+                markers[marker["index"]] = marker
+                log(f"  shard {marker['index']:05d}: {marker['documents']} docs")
+    elif todo:
+        _init_worker(tset, audio_levels)
+        for job in todo:
+            markers[job.index] = _run_job(job)
+    manifest = _build_manifest(out_dir, markers, n_shards, vocab_manifest, build_key, input_info)
+    skipped = invalid + [s for i in range(n_shards) for s in markers[i]["skipped"]]
+    write_json(out_dir / "skipped.json", {"count": len(skipped), "records": skipped})
+    write_manifest(out_dir / "manifest.json", manifest)
+    dt = time.perf_counter() - t0
+    log(
+        f"tokenize: {manifest['documents']} documents, {manifest['tokens']} tokens, "
+        f"{len(skipped)} skipped ({dt:.1f}s) -> {out_dir / 'manifest.json'}"
+    )
+    return manifest
+
+
+def _build_manifest(
+    out_dir: Path,
+    markers: dict[int, dict],
+    n_shards: int,
+    vocab_manifest: dict,
+    build_key: str,
+    input_info: list[dict],
+) -> dict:
+    shards, modality, sources = [], collections.Counter(), {}
+    for i in range(n_shards):
+        m = markers[i]
+        shards.append(
+            {
+                "index": i,
+                "documents": m["documents"],
+                "tokens": m["tokens"],
+                "files": {f: v for f, v in m["files"].items()},
+            }
+        )
+        modality.update(m["modality_tokens"])
+        for s, c in m["sources"].items():
+            agg = sources.setdefault(s, {"documents": 0, "tokens": 0})
+            agg["documents"] += c["documents"]
+            agg["tokens"] += c["tokens"]
+    return {
+        "version": SHARDS_VERSION,
+        "build_key": build_key,
+        "vocab": vocab_manifest,
+        "dtype": str(Vocab.from_manifest(vocab_manifest).dtype),
+        "documents": sum(m["documents"] for m in markers.values()),
+        "tokens": sum(m["tokens"] for m in markers.values()),
+        "loss_tokens": sum(m["loss_tokens"] for m in markers.values()),
+        "modality_tokens": {m: int(modality.get(m, 0)) for m in MODALITIES},
+        "sources": sources,
+        "inputs": input_info,
+        "shards": shards,
+    }
+
+
+def write_shards_from_ids(
+    out_dir: str | Path,
+    docs: list[tuple[np.ndarray, np.ndarray]],
+    vocab: Vocab,
+    docs_per_shard: int = 512,
+    source: str = "ids",
+    fingerprints: dict[str, str] | None = None,
+) -> dict:
+    """Shards straight from ``(ids, loss_mask)`` pairs (tests, benchmarks, synthetic data)."""
+    out_dir = Path(out_dir)
+    vocab_manifest = vocab.to_manifest(fingerprints)
+    build_key = _json_digest({"ids": source, "vocab": vocab_manifest, "n": len(docs)})
+    n_shards = max(1, -(-len(docs) // docs_per_shard))
+    markers = {}
+    for i in range(n_shards):
+        chunk = docs[i * docs_per_shard : (i + 1) * docs_per_shard]
+        meta = {
+            "build_key": build_key,
+            "skipped": [],
+            "sources": {source: {"documents": len(chunk), "tokens": sum(len(d[0]) for d in chunk)}},
+        }
+        markers[i] = write_shard(out_dir, i, chunk, vocab, meta)
+    manifest = _build_manifest(out_dir, markers, n_shards, vocab_manifest, build_key, [])
+    write_json(out_dir / "skipped.json", {"count": 0, "records": []})
+    write_manifest(out_dir / "manifest.json", manifest)
+    return manifest
+
+
+# ---- reading --------------------------------------------------------------------------
+class ShardSet:
+    """Read-only view of a shard directory: documents as ``(ids, loss)`` memmap slices.
+
+    Args:
+        path: the directory holding ``manifest.json``.
+        verify: "full" checks every file's sha256 (default), "size" only file sizes,
+            "none" nothing beyond the manifest's own checksum.
+    """
+
+    def __init__(self, path: str | Path, verify: str = "full") -> None:
+        if verify not in ("full", "size", "none"):
+            raise ValueError(f"verify must be 'full', 'size' or 'none', got {verify!r}")
+        self.path = Path(path)
+        self.manifest = read_manifest(self.path)
+        try:
+            self.vocab = Vocab.from_manifest(self.manifest["vocab"], str(self.path))
+        except VocabError as e:
+            raise ShardError(f"{self.path / 'manifest.json'}: {e}") from None
+        self.dtype = np.dtype(self.manifest["dtype"])
+        starts, shard_of, offsets = [], [], []
+        for sh in self.manifest["shards"]:
+            paths = shard_paths(self.path, sh["index"])
+            for f in FILES:
+                p = paths[f]
+                if not p.is_file():
+                    raise ShardError(f"{p}: shard file missing")
+                if verify == "full" and sha256_file(p) != sh["files"][f]["sha256"]:
+                    raise ShardError(f"{p}: corrupted shard (sha256 does not match the manifest)")
+            n_tok = paths["ids.bin"].stat().st_size // self.dtype.itemsize
+            if n_tok != sh["tokens"] or paths["loss.bin"].stat().st_size != sh["tokens"]:
+                raise ShardError(f"{paths['ids.bin']}: corrupted shard (wrong size)")
+            try:
+                off = np.load(paths["docs.npy"])
+            except ValueError as e:
+                raise ShardError(f"{paths['docs.npy']}: corrupted shard index ({e})") from None
+            if len(off) != sh["documents"] + 1 or (len(off) and off[-1] != sh["tokens"]):
+                raise ShardError(f"{paths['docs.npy']}: corrupted shard index (inconsistent)")
+            offsets.append(off)
+            shard_of.append(np.full(sh["documents"], len(starts), dtype=np.int64))
+            starts.append(sh["index"])
+        self._shard_index = starts
+        self.doc_shard = np.concatenate(shard_of) if shard_of else np.zeros(0, np.int64)
+        self.doc_start = np.concatenate([o[:-1] for o in offsets]).astype(np.int64)
+        self.doc_len = np.concatenate([np.diff(o) for o in offsets]).astype(np.int64)
+        self._maps: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def __len__(self) -> int:
+        return len(self.doc_len)
+
+    @property
+    def tokens(self) -> int:
+        return int(self.manifest["tokens"])
+
+    def _map(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        if k not in self._maps:
+            paths = shard_paths(self.path, self._shard_index[k])
+            ids = np.memmap(paths["ids.bin"], dtype=self.dtype, mode="r")
+            loss = np.memmap(paths["loss.bin"], dtype=np.uint8, mode="r")
+            self._maps[k] = (ids, loss)
+        return self._maps[k]
+
+    def document(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Document ``i`` -> (ids int64 (L,), loss_mask bool (L,))."""
+        ids, loss = self._map(int(self.doc_shard[i]))
+        s, n = int(self.doc_start[i]), int(self.doc_len[i])
+        return np.array(ids[s : s + n], dtype=np.int64), np.array(loss[s : s + n], dtype=bool)
+
+    def __getstate__(self) -> dict:  # memmaps are reopened in each worker, never pickled
+        return {**self.__dict__, "_maps": {}}
+
+
+# ---- CLI --------------------------------------------------------------------------------
+def main(argv: list[str] | None = None, prog: str = "native-mm tokenize") -> int:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
+    p.add_argument("inputs", nargs="+", help="documents JSONL file(s)")
+    p.add_argument("--tokenizers", required=True, help="tokenizer set directory")
+    p.add_argument("--out", required=True, help="output shard directory")
+    p.add_argument("--docs-per-shard", type=int, default=512)
+    p.add_argument("--workers", type=int, default=2, help="encoding processes (0 = inline)")
+    p.add_argument("--audio-levels", type=int, default=None)
+    args = p.parse_args(argv)
+    manifest = tokenize(
+        args.inputs,
+        args.out,
+        args.tokenizers,
+        docs_per_shard=args.docs_per_shard,
+        workers=args.workers,
+        audio_levels=args.audio_levels,
+        log=lambda s: print(s, file=sys.stderr),
+    )
+    print(json.dumps({k: manifest[k] for k in ("documents", "tokens", "modality_tokens")}))
+    return 0
