@@ -12,6 +12,14 @@ import sys
 
 # verb words -> ("module:function", one-line help). Longest match wins.
 VERBS: dict[tuple[str, ...], tuple[str, str]] = {
+    ("tokenize",): (
+        "native_mm.training.shards:main",
+        "documents JSONL + tokenizer set -> packed token shards with a manifest",
+    ),
+    ("fit",): (
+        "native_mm.training.cli:main",
+        "train the transformer from a recipe YAML (LightningCLI; --ckpt_path last resumes)",
+    ),
     ("validate",): (
         "native_mm.documents:main",
         "check a documents JSONL file and report every bad record",
@@ -19,6 +27,14 @@ VERBS: dict[tuple[str, ...], tuple[str, str]] = {
     ("tokenizer", "train", "text"): (
         "native_mm.tokenizers.text:train_main",
         "train the sentencepiece BPE text tokenizer from a spec YAML",
+    ),
+    ("tokenizer", "train", "image"): (
+        "native_mm.tokenizers.image_train:train_main",
+        "train the image VQ-GAN tokenizer from a spec YAML",
+    ),
+    ("tokenizer", "eval", "image"): (
+        "native_mm.tokenizers.image_train:eval_main",
+        "image tokenizer metrics (PSNR, SSIM, codebook usage) as JSON",
     ),
 }
 
