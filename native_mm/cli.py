@@ -36,6 +36,10 @@ VERBS: dict[tuple[str, ...], tuple[str, str]] = {
         "native_mm.tokenizers.image_train:eval_main",
         "image tokenizer metrics (PSNR, SSIM, codebook usage) as JSON",
     ),
+    ("generate",): (
+        "native_mm.generation:main",
+        "generate text, an image or audio from an interleaved prompt (checkpoint + tokenizers)",
+    ),
 }
 
 

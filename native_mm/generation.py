@@ -1,0 +1,771 @@
+"""Generation: any modality from an interleaved prompt, token by token.
+
+Layers, lowest first (each usable alone):
+
+* :func:`sample_next` -- temperature / top-k / top-p sampling of ``(B, V)`` logits.
+* :class:`DecodeConstraint` -- a vectorised state machine over the sequence layout of
+  ``native_mm.sequence`` that gives, per row and step, the ids allowed next: in text,
+  text pieces, ``<eos>`` and the span openers; after ``<boi>`` two grid tokens, then
+  exactly h*w image codes, then ``<eoi>``; after ``<boa>`` the code of level
+  ``i mod Q`` at position i and ``<eoa>`` only at a frame boundary (or exactly at a
+  forced duration). It also keeps every span closable within the token budget.
+* :func:`stream_ids` / :func:`generate_ids` -- batched generation over a
+  :class:`~native_mm.model.Transformer` from prompt ids (KV cache or full recompute),
+  streaming :class:`StepEvent` s with each row's new token and its finished spans.
+* :func:`generate` -- prompt segments (text / image path / audio path) in, decoded
+  text, PIL images and waveforms out, through a :class:`TokenizerSet`.
+* :func:`main` -- the ``native-mm generate`` verb.
+
+Classifier-free guidance (image and audio outputs). The conditional stream is the
+prompt followed by the span opener; the **unconditional prompt is ``<bos>`` followed by
+the same opener** (``<bos> <boi>`` or ``<bos> <boa>``), i.e. the document with all
+conditioning removed. Training teaches that distribution by dropping the conditioning
+before a media span with a configured probability (``<uncond>`` is not used). Both
+streams run in one batch; at each step ``logits = uncond + scale * (cond - uncond)``
+before the constraint mask and sampling, and the sampled token is fed to both.
+
+Batches of prompts of different lengths are left padded (see ``native_mm.model``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from native_mm.model import ModelConfig, Transformer
+from native_mm.sequence import SequenceCodec, Span
+from native_mm.vocab import BOA, BOI, BOS, EOA, EOI, EOS, PAD, Vocab, check_fingerprints
+
+MODALITY_OPENERS = {"image": BOI, "audio": BOA}
+CLOSERS = (EOI, EOA)
+UNCOND_PREFIX: tuple[int, ...] = (BOS,)  # unconditional prompt = UNCOND_PREFIX + opener
+
+
+class GenerationError(ValueError):
+    """A generation request that cannot be served (bad option, prompt too long, ...)."""
+
+
+class PromptError(GenerationError):
+    """A bad prompt segment: missing file, unsupported format, unknown kind."""
+
+
+# ---- sampling ----------------------------------------------------------------------------
+@dataclass
+class SamplingConfig:
+    """How tokens are drawn."""
+
+    max_new_tokens: int = 256  # generated tokens per row at most (also capped by block_size)
+    temperature: float = 1.0  # softmax temperature; 0 = greedy (argmax)
+    top_k: int | None = None  # keep the k most likely ids (None = all)
+    top_p: float | None = None  # nucleus: smallest set with probability >= p (None = all)
+    seed: int | None = None  # seeds a torch.Generator (None = torch's global RNG)
+    cfg_scale: float | None = None  # classifier-free guidance scale (None = no uncond stream)
+    use_cache: bool = True  # KV cache (False recomputes the whole sequence every step)
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise GenerationError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise GenerationError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k is not None and self.top_k < 1:
+            raise GenerationError(f"top_k must be >= 1, got {self.top_k}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise GenerationError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+def filter_logits(logits: Tensor, top_k: int | None, top_p: float | None) -> Tensor:
+    """Set to -inf every logit outside the top-k and outside the top-p nucleus.
+
+    Args:
+        logits: ``(B, V)``; -inf entries (masked ids) stay -inf.
+
+    Returns:
+        ``(B, V)`` filtered copy. The most likely id always survives.
+    """
+    logits = logits.clone()
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits[logits < kth] = float("-inf")
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        # Drop an id when the ids before it already reach p (so the first always stays).
+        drop_sorted = (probs.cumsum(dim=-1) - probs) >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits[drop] = float("-inf")
+    return logits
+
+
+def sample_next(
+    logits: Tensor, cfg: SamplingConfig, generator: torch.Generator | None = None
+) -> Tensor:
+    """``(B, V)`` logits (masked ids at -inf) -> ``(B,)`` sampled ids."""
+    if cfg.temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = filter_logits(logits.float() / cfg.temperature, cfg.top_k, cfg.top_p)
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+
+
+# ---- modality-constrained decoding ---------------------------------------------------------
+TEXT_STATE, IMG_H, IMG_W, IMG_CODES, AUDIO_STATE, DONE = range(6)
+
+
+@dataclass
+class OutputSpec:
+    """What to generate."""
+
+    modality: str | None = None  # "text", "image", "audio", or None (the model chooses)
+    image_size: tuple[int, int] | None = None  # forced image grid (h, w) in codes
+    audio_frames: int | None = None  # forced audio length in code frames
+    max_image_grid: int | None = None  # largest grid side the model may pick (None = vocab's)
+    constrained: bool = True  # apply the layout state machine (False: only valid ids)
+    stop_tokens: tuple[int, ...] = (EOS,)  # a row stops after emitting any of these
+
+    def __post_init__(self) -> None:
+        if self.modality not in (None, "text", "image", "audio"):
+            raise GenerationError(
+                f"output modality must be text, image, audio or None, got {self.modality!r}"
+            )
+        if self.image_size is not None:
+            self.image_size = tuple(int(s) for s in self.image_size)  # type: ignore[assignment]
+            if len(self.image_size) != 2 or min(self.image_size) < 1:
+                raise GenerationError(f"image_size must be (h, w) >= 1, got {self.image_size}")
+        if self.audio_frames is not None and self.audio_frames < 1:
+            raise GenerationError(f"audio_frames must be >= 1, got {self.audio_frames}")
+
+
+class DecodeConstraint:
+    """Per-row layout state and the allowed-id mask of the next step.
+
+    State per row: ``state`` (TEXT/IMG_H/IMG_W/IMG_CODES/AUDIO/DONE), ``count`` (codes
+    emitted in the open span), ``grid_h``/``target`` (image grid height and h*w) and
+    ``closed`` (spans closed so far). All are ``(B,)`` tensors, updated by
+    :meth:`advance`; :meth:`allowed` builds the ``(B, width)`` mask.
+
+    Args:
+        codec: the sequence layout (vocabulary and audio levels per frame).
+        batch_size: rows B.
+        width: mask width (the model's padded vocabulary; ids >= vocab size never allowed).
+        spec: the output options (forced sizes, which span openers text may use).
+    """
+
+    def __init__(self, codec: SequenceCodec, batch_size: int, width: int, spec: OutputSpec):
+        v, self.codec, self.spec = codec.vocab, codec, spec
+        self.q = codec.audio_levels
+        grid_r = v.ranges["image_grid"]
+        self.g0, self.n_grid = grid_r.start, grid_r.size
+        self.max_grid = min(spec.max_image_grid or self.n_grid, self.n_grid)
+        if spec.image_size and max(spec.image_size) > self.n_grid:
+            raise GenerationError(
+                f"image_size {spec.image_size} exceeds the vocabulary's grid limit {self.n_grid}"
+            )
+        if spec.image_size and not v.image_codes:
+            raise GenerationError("image output requested but the vocabulary has no image range")
+        if (spec.audio_frames or spec.modality == "audio") and not self.q:
+            raise GenerationError("audio output requested but the vocabulary has no audio range")
+        b = batch_size
+        self.state = torch.full((b,), TEXT_STATE, dtype=torch.long)
+        self.count = torch.zeros(b, dtype=torch.long)
+        self.grid_h = torch.zeros(b, dtype=torch.long)
+        self.target = torch.zeros(b, dtype=torch.long)
+        self.closed = torch.zeros(b, dtype=torch.long)
+        # Base masks per state; budget- and row-dependent parts are added in allowed().
+        base = torch.zeros(6, width, dtype=torch.bool)
+        text_r, img_r = v.ranges["text"], v.ranges["image"]
+        base[TEXT_STATE, text_r.start : text_r.stop] = True
+        base[TEXT_STATE, EOS] = True
+        self.open_image = bool(v.image_codes) and spec.modality in (None, "image")
+        self.open_audio = bool(self.q) and spec.modality in (None, "audio")
+        base[TEXT_STATE, BOI] = self.open_image
+        base[TEXT_STATE, BOA] = self.open_audio
+        base[IMG_CODES, img_r.start : img_r.stop] = True
+        base[DONE, PAD] = True
+        self.base = base
+        # (Q, width): the ids of audio level q.
+        self.levels = torch.zeros(max(self.q, 1), width, dtype=torch.bool)
+        for q in range(self.q):
+            r = v.audio_range(q)
+            self.levels[q, r.start : r.stop] = True
+        self.valid = torch.zeros(width, dtype=torch.bool)
+        self.valid[: v.size] = True
+        # Shortest spans the budget must hold before an opener is allowed.
+        hw = spec.image_size[0] * spec.image_size[1] if spec.image_size else 1
+        self.min_image_span = hw + 4  # <boi> h w codes <eoi>
+        self.min_audio_span = (spec.audio_frames or 1) * self.q + 2  # <boa> frames <eoa>
+
+    def advance(self, tokens: Tensor, active: Tensor | None = None) -> None:
+        """Move every active row's state past its token ``(B,)``."""
+        tokens = tokens.cpu()
+        act = torch.ones_like(tokens, dtype=torch.bool) if active is None else active.cpu()
+        s = self.state
+        in_text = act & (s == TEXT_STATE)
+        to_img, to_aud = in_text & (tokens == BOI), in_text & (tokens == BOA)
+        to_done = in_text & (tokens == EOS)
+        got_h, got_w = act & (s == IMG_H), act & (s == IMG_W)
+        img_code = act & (s == IMG_CODES) & (tokens != EOI)
+        aud_code = act & (s == AUDIO_STATE) & (tokens != EOA)
+        closing = act & (
+            ((s == IMG_CODES) & (tokens == EOI)) | ((s == AUDIO_STATE) & (tokens == EOA))
+        )
+        g = (tokens - self.g0 + 1).clamp(min=0)  # grid value if the token is a grid token
+        self.grid_h = torch.where(got_h, g, self.grid_h)
+        self.target = torch.where(got_w, self.grid_h * g, self.target)
+        self.count = torch.where(to_img | to_aud | got_w, 0, self.count)
+        self.count = self.count + (img_code | aud_code).long()
+        self.closed = self.closed + closing.long()
+        new = s.clone()
+        new[to_img], new[to_aud], new[to_done] = IMG_H, AUDIO_STATE, DONE
+        new[got_h], new[got_w], new[closing] = IMG_W, IMG_CODES, TEXT_STATE
+        self.state = new
+
+    def allowed(self, budget: int) -> Tensor:
+        """``(B, width)`` bool: ids allowed next when ``budget`` tokens (>= 1) remain.
+
+        The budget keeps spans closable: an image is opened only if a 1x1 image still fits,
+        grid sizes are limited so that h*w codes and ``<eoi>`` fit, and audio stops at a
+        frame boundary when another frame and ``<eoa>`` would not fit.
+        """
+        s, spec = self.state, self.spec
+        mask = self.base[s].clone()  # (B, width)
+        text = s == TEXT_STATE
+        if budget < self.min_image_span:
+            mask[text, BOI] = False
+        if budget < self.min_audio_span:
+            mask[text, BOA] = False
+        # Image grid tokens: height so that w-token, >= h codes and <eoi> fit, then width.
+        gv = torch.arange(1, self.n_grid + 1)  # (G,)
+        if spec.image_size:
+            h_ok = (gv == spec.image_size[0]).expand(len(s), -1)
+            w_ok = (gv == spec.image_size[1]).expand(len(s), -1)
+        else:
+            h_ok = (gv <= min(self.max_grid, budget - 3)).expand(len(s), -1)
+            w_ok = (gv[None] <= self.max_grid) & (self.grid_h[:, None] * gv[None] <= budget - 2)
+        grid = slice(self.g0, self.g0 + self.n_grid)
+        mask[:, grid] |= torch.where((s == IMG_H)[:, None], h_ok, False)
+        mask[:, grid] |= torch.where((s == IMG_W)[:, None], w_ok, False)
+        full = (s == IMG_CODES) & (self.count >= self.target)
+        mask[full] = False
+        mask[full, EOI] = True
+        # Audio: the level of position i is i mod Q; <eoa> only at a frame boundary.
+        aud = s == AUDIO_STATE
+        if self.q:
+            level = self.count % self.q
+            mask |= self.levels[level] & aud[:, None]
+            boundary = aud & (level == 0)
+            if spec.audio_frames:
+                at_end = boundary & (self.count >= spec.audio_frames * self.q)
+                mask[at_end] = False
+                mask[at_end, EOA] = True
+            else:
+                mask[boundary & (self.count > 0), EOA] = True
+                if budget < self.q + 1:  # another frame and <eoa> would not fit
+                    mask[boundary] = False
+                    mask[boundary, EOA] = True
+        return mask & self.valid
+
+    def state_after(self, prompts: list[Tensor]) -> None:
+        """Feed left-aligned prompts (list of ``(L_b,)``) through :meth:`advance`."""
+        longest = max(len(p) for p in prompts)
+        for t in range(longest):
+            toks = torch.tensor([int(p[t]) if t < len(p) else PAD for p in prompts])
+            self.advance(toks, torch.tensor([t < len(p) for p in prompts]))
+
+
+# ---- the generation loop -------------------------------------------------------------------
+@dataclass
+class StepEvent:
+    """One generation step: each row's new token and the spans that just finished."""
+
+    step: int
+    tokens: Tensor  # (B,) the ids sampled this step (PAD for rows already finished)
+    finished: Tensor  # (B,) bool, rows that are done after this step
+    spans: list[tuple[int, Span]] = field(default_factory=list)  # (row, finished span)
+
+
+@dataclass
+class GeneratedIds:
+    """One row's output: new ids, the spans they form, and why it stopped."""
+
+    ids: np.ndarray  # (N,) generated ids (the forced span opener included, if any)
+    spans: list[Span]
+    finish_reason: str  # "stop_token", "span_closed" or "length"
+
+
+def _as_prompts(prompt_ids: Sequence[Any], vocab: Vocab) -> list[Tensor]:
+    prompts = [torch.as_tensor(np.asarray(p), dtype=torch.long).reshape(-1) for p in prompt_ids]
+    if not prompts:
+        raise GenerationError("no prompts given")
+    for i, p in enumerate(prompts):
+        if p.numel() == 0:
+            raise PromptError(f"prompt {i} is empty (start it with <bos>)")
+        if int(p.min()) < 0 or int(p.max()) >= vocab.size:
+            raise PromptError(f"prompt {i} has ids outside the vocabulary [0, {vocab.size})")
+    return prompts
+
+
+def _left_pad(rows: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """List of ``(L_b,)`` -> ids ``(B, L)`` left padded with PAD, pad counts ``(B,)``."""
+    longest = max(len(r) for r in rows)
+    idx = torch.full((len(rows), longest), PAD, dtype=torch.long)
+    pad = torch.tensor([longest - len(r) for r in rows], dtype=torch.long)
+    for b, r in enumerate(rows):
+        idx[b, longest - len(r) :] = r
+    return idx, pad
+
+
+@torch.inference_mode()
+def stream_ids(
+    model: Transformer,
+    prompt_ids: Sequence[Any],
+    vocab: Vocab,
+    output: OutputSpec | None = None,
+    sampling: SamplingConfig | None = None,
+    audio_levels: int | None = None,
+) -> Iterator[StepEvent]:
+    """Generate from a batch of prompts, yielding a :class:`StepEvent` per step.
+
+    Args:
+        model: the transformer (put in eval mode by the caller).
+        prompt_ids: B prompts, each a 1-D sequence of shared-vocabulary ids (usually
+            starting with ``<bos>``); lengths may differ.
+        vocab: the shared vocabulary the model was trained on.
+        output: what to generate; a forced image/audio modality appends the span opener
+            to every prompt and stops each row when that span closes.
+        sampling: temperature, top-k/p, seed, guidance scale, cache use.
+        audio_levels: RVQ levels per audio frame (default: the vocabulary's).
+    """
+    output, sampling = output or OutputSpec(), sampling or SamplingConfig()
+    codec = SequenceCodec(vocab, audio_levels)
+    prompts = _as_prompts(prompt_ids, vocab)
+    opener = MODALITY_OPENERS.get(output.modality or "")
+    if opener is not None:
+        prompts = [torch.cat([p, torch.tensor([opener])]) for p in prompts]
+    b = len(prompts)
+    cfg_on = sampling.cfg_scale is not None
+    if cfg_on and opener is None:
+        raise GenerationError(
+            "classifier-free guidance needs a forced image or audio output modality"
+        )
+    rows = prompts + [torch.tensor([*UNCOND_PREFIX, opener])] * b if cfg_on else prompts
+    idx, pad = _left_pad(rows)
+    block = model.config.block_size
+    if idx.shape[1] >= block:
+        raise PromptError(
+            f"prompt of {idx.shape[1]} tokens leaves no room in the context (block_size={block})"
+        )
+    n_steps = min(sampling.max_new_tokens, block - idx.shape[1])
+    con = DecodeConstraint(codec, b, model.config.padded_vocab_size, output)
+    need = {"image": con.min_image_span - 1, "audio": con.min_audio_span - 1}
+    if output.constrained and need.get(output.modality or "", 0) > n_steps:
+        raise GenerationError(
+            f"a {output.modality} span needs {need[output.modality]} more tokens but only "
+            f"{n_steps} fit (max_new_tokens={sampling.max_new_tokens}, block_size={block}, "
+            f"longest prompt {idx.shape[1]})"
+        )
+    device = model.lm_head.weight.device
+    idx, pad = idx.to(device), pad.to(device)
+    con.state_after(prompts)
+    if not output.constrained:  # only valid ids; the state still tracks spans for streaming
+        con.allowed = lambda budget: con.valid.expand(b, -1).clone()  # type: ignore[method-assign]
+    gen = None
+    if sampling.seed is not None:
+        gen = torch.Generator(device=device).manual_seed(sampling.seed)
+    padded = pad if bool(pad.any()) else None
+    if sampling.use_cache:
+        cache = model.new_cache(len(rows), idx.shape[1] + n_steps)
+        logits = model.prefill(idx, cache, padded)
+    else:
+        seq = idx
+        logits = model(seq, padded)[:, -1]
+    finished = torch.zeros(b, dtype=torch.bool)
+    pending = [
+        _open_span_tail(p) if con.state[i] != TEXT_STATE else [] for i, p in enumerate(prompts)
+    ]
+    start_closed = con.closed.clone()
+    stop = torch.tensor(sorted(set(output.stop_tokens)), dtype=torch.long)
+    for step in range(n_steps):
+        logits = logits.float()
+        if cfg_on:
+            cond, uncond = logits[:b], logits[b:]
+            logits = uncond + sampling.cfg_scale * (cond - uncond)
+        mask = con.allowed(n_steps - step).to(device)
+        mask[finished.to(device)] = False
+        mask[finished.to(device), PAD] = True
+        tok = sample_next(logits.masked_fill(~mask, float("-inf")), sampling, gen).cpu()
+        tok[finished] = PAD
+        was_active, prev_state = ~finished, con.state.clone()
+        con.advance(tok, was_active)
+        done = torch.isin(tok, stop) & was_active
+        if opener is not None:
+            done |= con.closed > start_closed
+        if step == n_steps - 1:
+            done |= was_active
+        spans = _collect_spans(codec, tok, prev_state, was_active, done, pending)
+        finished = finished | done
+        yield StepEvent(step, tok, finished.clone(), spans)
+        if bool(finished.all()):
+            break
+        feed = torch.cat([tok, tok]) if cfg_on else tok
+        feed = feed.to(device)
+        if sampling.use_cache:
+            logits = model.decode_step(feed, cache)
+        else:
+            seq = torch.cat([seq, feed[:, None]], dim=1)
+            logits = model(seq, padded)[:, -1]
+
+
+def _open_span_tail(prompt: Tensor) -> list[int]:
+    """The ids of the span a prompt ends inside (from its last opener)."""
+    ids = prompt.tolist()
+    last = max(i for i, t in enumerate(ids) if t in (BOI, BOA))
+    return ids[last:]
+
+
+def _collect_spans(
+    codec: SequenceCodec,
+    tok: Tensor,
+    prev_state: Tensor,
+    active: Tensor,
+    done: Tensor,
+    pending: list[list[int]],
+) -> list[tuple[int, Span]]:
+    """Append each active row's token to its pending span; return the spans that ended.
+
+    Constrained decoding only closes well-formed spans; without constraints a malformed
+    span is dropped (non-strict decoding).
+    """
+    out = []
+    text_r = codec.vocab.ranges["text"]
+    for r in torch.nonzero(active).flatten().tolist():
+        t, in_text = int(tok[r]), int(prev_state[r]) == TEXT_STATE
+        if in_text and t in text_r:
+            pending[r].append(t)
+        elif in_text:  # an opener, <eos> or a stop id ends the text run
+            if pending[r]:
+                out.extend((r, sp) for sp in codec.decode_report(pending[r]).spans)
+            pending[r] = [t] if t in (BOI, BOA) else []
+        else:
+            pending[r].append(t)
+            if t in CLOSERS:
+                out.extend((r, sp) for sp in codec.decode_report(pending[r]).spans)
+                pending[r] = []
+        if bool(done[r]) and pending[r] and pending[r][0] in text_r:
+            out.extend((r, sp) for sp in codec.decode_report(pending[r]).spans)
+            pending[r] = []
+    return out
+
+
+def generate_ids(
+    model: Transformer,
+    prompt_ids: Sequence[Any],
+    vocab: Vocab,
+    output: OutputSpec | None = None,
+    sampling: SamplingConfig | None = None,
+    audio_levels: int | None = None,
+) -> list[GeneratedIds]:
+    """Run :func:`stream_ids` to the end; one :class:`GeneratedIds` per prompt."""
+    output = output or OutputSpec()
+    b = len(prompt_ids)
+    ids: list[list[int]] = [[] for _ in range(b)]
+    spans: list[list[Span]] = [[] for _ in range(b)]
+    reason = ["length"] * b
+    opener = MODALITY_OPENERS.get(output.modality or "")
+    if opener is not None:
+        ids = [[opener] for _ in range(b)]
+    stop = set(output.stop_tokens)
+    alive = [True] * b
+    for event in stream_ids(model, prompt_ids, vocab, output, sampling, audio_levels):
+        for r in range(b):
+            if alive[r]:
+                t = int(event.tokens[r])
+                ids[r].append(t)
+                if bool(event.finished[r]):
+                    alive[r] = False
+                    if t in stop:
+                        reason[r] = "stop_token"
+                    elif opener is not None and t in CLOSERS:
+                        reason[r] = "span_closed"
+        for r, span in event.spans:
+            spans[r].append(span)
+    return [
+        GeneratedIds(np.array(i, dtype=np.int64), s, f)
+        for i, s, f in zip(ids, spans, reason, strict=True)
+    ]
+
+
+# ---- media level: prompt segments in, text / images / waveforms out -------------------------
+@dataclass
+class Generation:
+    """One sample: decoded outputs (``str``, ``PIL.Image.Image``, ``Waveform``) and ids."""
+
+    outputs: list[Any]
+    spans: list[Span]
+    ids: np.ndarray
+    finish_reason: str
+
+
+def _segment_kind_value(seg: Any, k: int) -> tuple[str, Any]:
+    """A Segment, a ``(kind, value)`` pair or a ``{kind: value}`` dict -> (kind, value)."""
+    if hasattr(seg, "kind") and hasattr(seg, "value"):
+        return seg.kind, seg.value
+    if isinstance(seg, dict):
+        keys = [key for key in ("text", "image", "audio") if key in seg]
+        if len(keys) != 1:
+            raise PromptError(f"prompt segment {k}: needs exactly one of text/image/audio")
+        return keys[0], seg[keys[0]]
+    if isinstance(seg, (tuple, list)) and len(seg) == 2:
+        return str(seg[0]), seg[1]
+    raise PromptError(f"prompt segment {k}: cannot read a {type(seg).__name__} as a segment")
+
+
+def encode_prompt(prompt_segments: Sequence[Any], tokenizers: Any) -> np.ndarray:
+    """Prompt segments -> ids ``(L,)``: ``<bos>`` then each segment's span, no ``<eos>``.
+
+    Raises:
+        PromptError: unknown kind, missing media file, or media its tokenizer rejects
+            (unsupported format, unreadable file); the message names segment and file.
+    """
+    spans = []
+    for k, seg in enumerate(prompt_segments):
+        kind, value = _segment_kind_value(seg, k)
+        if kind not in ("text", "image", "audio"):
+            raise PromptError(f"prompt segment {k}: unknown kind {kind!r}")
+        where = f"prompt segment {k} ({kind})"
+        if kind != "text" and isinstance(value, (str, Path)):
+            where = f"prompt segment {k} ({kind} {value})"
+            if not Path(value).is_file():
+                raise PromptError(f"{where}: no such file")
+        try:
+            tok = tokenizers[kind]
+        except ValueError as e:
+            raise PromptError(f"{where}: {e}") from None
+        try:
+            codes = tok.encode(value)
+        except (ValueError, OSError) as e:  # MediaError is a ValueError
+            raise PromptError(f"{where}: {e}") from None
+        spans.append(Span(kind, codes))
+    return SequenceCodec(tokenizers.vocab).encode(spans, bos=True, eos=False).ids
+
+
+def audio_frames_for(seconds: float, tokenizers: Any) -> int:
+    """Audio duration in seconds -> code frames, from the audio tokenizer's frame rate."""
+    rate = getattr(getattr(tokenizers["audio"], "config", None), "frame_rate", None)
+    rate = rate or getattr(tokenizers["audio"], "frame_rate", None)
+    if not rate:
+        raise GenerationError("the audio tokenizer has no frame_rate; give audio_frames")
+    return max(1, round(seconds * rate))
+
+
+def stream(
+    model: Transformer,
+    prompt_segments: Sequence[Any],
+    tokenizers: Any,
+    output: OutputSpec | None = None,
+    sampling: SamplingConfig | None = None,
+    num_samples: int = 1,
+) -> Iterator[tuple[int, Any]]:
+    """Yield ``(sample index, decoded output)`` as soon as each segment finishes."""
+    _check_model_vocab(model, tokenizers.vocab)
+    prompt = encode_prompt(prompt_segments, tokenizers)
+    for event in stream_ids(model, [prompt] * num_samples, tokenizers.vocab, output, sampling):
+        for r, span in event.spans:
+            yield r, tokenizers[span.kind].decode(span.codes)
+
+
+def generate(
+    model: Transformer,
+    prompt_segments: Sequence[Any],
+    tokenizers: Any,
+    output: OutputSpec | None = None,
+    sampling: SamplingConfig | None = None,
+    num_samples: int = 1,
+) -> list[Generation]:
+    """Interleaved prompt in, decoded outputs out.
+
+    Args:
+        model: the transformer (eval mode), e.g. from :func:`load_checkpoint`.
+        prompt_segments: ``Segment`` s, ``(kind, value)`` pairs or ``{kind: value}`` dicts;
+            text values are strings, image/audio values paths (or PIL images / Waveforms).
+        tokenizers: the :class:`~native_mm.tokenizers.base.TokenizerSet` of the model.
+        output: what to generate (forced modality, image size, audio frames).
+        sampling: sampling options.
+        num_samples: samples drawn for the prompt (one batch).
+
+    Returns:
+        One :class:`Generation` per sample; ``outputs`` are decoded with
+        :func:`native_mm.sequence.decode_spans`.
+    """
+    from native_mm.sequence import decode_spans
+
+    _check_model_vocab(model, tokenizers.vocab)
+    prompt = encode_prompt(prompt_segments, tokenizers)
+    rows = generate_ids(model, [prompt] * num_samples, tokenizers.vocab, output, sampling)
+    return [
+        Generation(decode_spans(g.spans, tokenizers), g.spans, g.ids, g.finish_reason) for g in rows
+    ]
+
+
+def _check_model_vocab(model: Transformer, vocab: Vocab) -> None:
+    if model.config.vocab_size != vocab.size:
+        raise GenerationError(
+            f"the model has vocab_size={model.config.vocab_size} but the tokenizer set's "
+            f"vocabulary has {vocab.size} ids: wrong tokenizer set for this model"
+        )
+
+
+# ---- checkpoints -------------------------------------------------------------------------
+def load_checkpoint(
+    path: str | Path, tokenizers: Any = None, map_location: str = "cpu"
+) -> tuple[Transformer, Vocab]:
+    """A model from a checkpoint, checked against a tokenizer set; Lightning not needed.
+
+    Accepts the training checkpoint (Lightning ``.ckpt`` with top-level ``model_config``,
+    ``vocab_manifest`` and a ``state_dict`` whose keys start with ``model.``) and a plain
+    ``{"model_config", "manifest", "state_dict"}`` file (see :func:`save_checkpoint`).
+
+    Raises:
+        FileNotFoundError: no such file.
+        GenerationError: not a native-mm checkpoint, or the tokenizer set differs from the
+            one the model was trained with (fingerprints or vocabulary layout).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint file")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # a corrupt or foreign file
+        raise GenerationError(f"{path}: cannot load checkpoint ({type(e).__name__}: {e})") from None
+    manifest = ckpt.get("manifest", ckpt.get("vocab_manifest")) if isinstance(ckpt, dict) else None
+    if not isinstance(ckpt, dict) or "model_config" not in ckpt or not manifest:
+        raise GenerationError(
+            f"{path}: not a native-mm checkpoint (needs model_config, a vocabulary manifest "
+            "and state_dict)"
+        )
+    vocab = Vocab.from_manifest(manifest, source=f"{path} manifest")
+    if tokenizers is not None:
+        check_fingerprints(manifest, tokenizers.fingerprints(), source=str(path))
+        if tokenizers.vocab != vocab:
+            raise GenerationError(
+                f"{path}: the checkpoint's vocabulary {vocab} differs from the tokenizer "
+                f"set's {tokenizers.vocab}"
+            )
+    config = ModelConfig.from_dict(ckpt["model_config"], source=str(path))
+    state = ckpt["state_dict"]
+    if state and all(k.startswith("model.") for k in state):
+        state = {k[len("model.") :]: v for k, v in state.items()}
+    model = Transformer(config)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise GenerationError(f"{path}: weights do not fit model_config ({e})") from None
+    return model.eval(), vocab
+
+
+def save_checkpoint(path: str | Path, model: Transformer, manifest: dict) -> None:
+    """Write the plain inference checkpoint read by :func:`load_checkpoint`."""
+    from native_mm.io import save_torch
+
+    save_torch(
+        path,
+        {
+            "model_config": model.config.to_dict(),
+            "manifest": manifest,
+            "state_dict": model.state_dict(),
+        },
+    )
+
+
+# ---- CLI ---------------------------------------------------------------------------------
+class _Segment(argparse.Action):
+    """--text/--image/--audio append to one ordered list of prompt segments."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        segments = getattr(namespace, "segments", None) or []
+        segments.append((self.dest, values))
+        namespace.segments = segments
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(p) for p in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW (e.g. 8x8), got {text!r}") from None
+    return h, w
+
+
+def save_outputs(generations: list[Generation], out: str | Path) -> list[Path]:
+    """Write each sample's outputs as ``sample{i}_{k}.txt / .png / .wav``; return paths."""
+    import soundfile
+
+    from native_mm.io import atomic_write
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, g in enumerate(generations):
+        for k, (span, media) in enumerate(zip(g.spans, g.outputs, strict=True)):
+            ext = {"text": "txt", "image": "png", "audio": "wav"}[span.kind]
+            path = out / f"sample{i}_{k}.{ext}"
+            if span.kind == "text":
+                with atomic_write(path, "w") as f:
+                    f.write(media)
+            elif span.kind == "image":
+                with atomic_write(path, "wb") as f:
+                    media.save(f, format="PNG")
+            else:
+                with atomic_write(path, "wb") as f:
+                    soundfile.write(f, media.samples.T, media.sample_rate, format="WAV")
+            paths.append(path)
+    return paths
+
+
+def main(argv: list[str] | None = None, prog: str = "native-mm generate") -> int:
+    """``native-mm generate``: prompt segments in (in command-line order), files out."""
+    p = argparse.ArgumentParser(prog=prog, description=main.__doc__)
+    p.add_argument("--ckpt", required=True, help="model checkpoint (.ckpt from fit, or plain)")
+    p.add_argument("--tokenizers", required=True, help="tokenizer set directory")
+    for kind in ("text", "image", "audio"):
+        p.add_argument(f"--{kind}", dest=kind, action=_Segment, help=f"a {kind} prompt segment")
+    p.add_argument("--output-modality", choices=["text", "image", "audio", "any"], default="any")
+    p.add_argument("--image-size", type=_parse_size, help="force the image grid, HxW codes")
+    p.add_argument("--max-image-grid", type=int, help="largest grid side the model may pick")
+    p.add_argument("--audio-seconds", type=float, help="force the audio duration")
+    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cfg-scale", type=float, help="classifier-free guidance (image/audio)")
+    p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--out", required=True, help="directory for the .txt/.png/.wav outputs")
+    args = p.parse_args(argv)
+    from native_mm.tokenizers.base import TokenizerSet
+
+    tokenizers = TokenizerSet.load(args.tokenizers)
+    model, _ = load_checkpoint(args.ckpt, tokenizers)
+    modality = None if args.output_modality == "any" else args.output_modality
+    frames = None
+    if args.audio_seconds is not None:
+        frames = audio_frames_for(args.audio_seconds, tokenizers)
+    output = OutputSpec(modality, args.image_size, frames, args.max_image_grid)
+    sampling = SamplingConfig(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        cfg_scale=args.cfg_scale,
+    )
+    segments = getattr(args, "segments", None) or []
+    gens = generate(model, segments, tokenizers, output, sampling, args.num_samples)
+    for path in save_outputs(gens, args.out):
+        print(path)
+    return 0
