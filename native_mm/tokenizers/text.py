@@ -31,6 +31,7 @@ import argparse
 import dataclasses
 import glob
 import io
+import itertools
 import json
 import sys
 import time
@@ -178,13 +179,20 @@ class TextTokenizer(Tokenizer):
                 f"text encode: lone surrogate {media[e.start]!r} at index {e.start} "
                 "is not valid Unicode and cannot be UTF-8 encoded"
             ) from None
-        parts = media.split(META)
-        pieces = self._sp.encode(parts, out_type=int)  # batch: one list per part
-        ids: list[int] = list(pieces[0])
-        for p in pieces[1:]:
-            ids += self._meta_ids  # the literal "▁" as its three UTF-8 byte pieces
-            ids += p
-        return np.asarray(ids, dtype=np.int64)
+        # Encode line by line (one batch call): a trained model has no piece holding a line
+        # break (training splits on them), so the pieces are the same as for the whole
+        # string, and sentencepiece is ~4x faster on many short inputs than on one long one.
+        lines: list[str] = []
+        for k, part in enumerate(media.split(META)):
+            if k:
+                lines.append(META)  # placeholder: the literal "▁" as its 3 UTF-8 byte pieces
+            lines += part.splitlines(keepends=True)
+        pieces = self._sp.encode(lines, out_type=int)
+        if META in media:  # no line holds a "▁" (split on it above): only placeholders do
+            pieces = [
+                self._meta_ids if x == META else p for x, p in zip(lines, pieces, strict=True)
+            ]
+        return np.fromiter(itertools.chain.from_iterable(pieces), dtype=np.int64)
 
     def decode(self, codes: np.ndarray | Iterable[int]) -> str:
         """Piece ids ``(N,)`` -> text. Invalid UTF-8 (generated ids only) becomes U+FFFD.
