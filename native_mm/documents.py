@@ -91,6 +91,16 @@ class SkipReport:
         self.documents += 1
         self.segments.update(s.kind for s in doc.segments)
 
+    def as_dict(self) -> dict:
+        """JSON-able form for run reports."""
+        return {
+            "documents": self.documents,
+            "segments": dict(self.segments),
+            "skipped": self.skipped,
+            "reasons": dict(sorted(self.counts.items())),
+            "messages": [list(m) for m in self.messages],
+        }
+
     @property
     def skipped(self) -> int:
         return sum(self.counts.values())
@@ -142,6 +152,10 @@ class _Validator:
         except json.JSONDecodeError as e:
             raise self.error(
                 line, None, f"malformed JSON: {e.msg} at column {e.colno}", "malformed_json"
+            ) from None
+        except (ValueError, RecursionError) as e:  # e.g. huge integers, absurd nesting
+            raise self.error(
+                line, None, f"malformed JSON: {type(e).__name__}: {str(e)[:200]}", "malformed_json"
             ) from None
         if not isinstance(obj, dict):
             raise self.error(
@@ -253,7 +267,9 @@ class _Validator:
                 f"directory {self.root}", "path_escape",
             )  # fmt: skip
         if self.check_media and not os.path.isfile(real):
-            raise self.error(line, field, f"media file {full} not found", "missing_media")
+            raise self.error(
+                line, field, f"media file {full} not found (or not a file)", "missing_media"
+            )
         return full
 
 

@@ -90,6 +90,8 @@ def test_symlink_inside_corpus_is_fine(corpus):
 # (bad record on line 2, expected field, expected reason). Line 1 is always a good record.
 BAD_CASES = {
     "malformed_json": ('{"id": "x", "segments": [', None, "malformed_json"),
+    "deep_nesting": ("[" * 100_000 + "]" * 100_000, None, "malformed_json"),
+    "huge_integer": ('{"id": "x", "n": ' + "9" * 10_000 + "}", None, "malformed_json"),
     "not_an_object": ('["id", "segments"]', None, "not_an_object"),
     "invalid_utf8": (b'{"id": "x", "segments": [{"text": "\xff\xfe"}]}', None, "invalid_utf8"),
     "missing_id": ({"segments": [{"text": "a"}]}, "id", "missing_field"),
@@ -198,6 +200,7 @@ def test_skip_mode_counts_a_dirty_corpus(corpus):
     assert report.counts == {"malformed_json": 5, "missing_media": 5, "duplicate_id": 5}
     assert report.skipped == 15 and len(report.messages) == 4  # counts stay complete
     assert report.segments == {"text": 6, "image": 1, "audio": 5}
+    assert report.as_dict()["reasons"]["duplicate_id"] == 5
     summary = report.summary()
     assert "documents: 6" in summary and "missing_media: 5" in summary
     # check_media=False keeps documents whose media is absent (path safety still applies).
