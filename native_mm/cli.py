@@ -12,6 +12,14 @@ import sys
 
 # verb words -> ("module:function", one-line help). Longest match wins.
 VERBS: dict[tuple[str, ...], tuple[str, str]] = {
+    ("tokenizer", "train", "audio"): (
+        "native_mm.tokenizers.audio_train:train_main",
+        "train the EnCodec audio tokenizer from a spec YAML",
+    ),
+    ("tokenizer", "eval", "audio"): (
+        "native_mm.tokenizers.audio_train:eval_main",
+        "audio tokenizer metrics (SI-SNR, mel distance, digit accuracy kept) as JSON",
+    ),
     ("tokenize",): (
         "native_mm.training.shards:main",
         "documents JSONL + tokenizer set -> packed token shards with a manifest",

@@ -64,8 +64,9 @@ class DigitClassifier:
     def predict(self, clips: Sequence[np.ndarray], sr: int = SAMPLE_RATE) -> np.ndarray:
         return self.pipe.predict(np.stack([features(c, sr) for c in clips]))
 
-    def accuracy(self, clips: Sequence[np.ndarray], labels: Sequence[int],
-                 sr: int = SAMPLE_RATE) -> float:
+    def accuracy(
+        self, clips: Sequence[np.ndarray], labels: Sequence[int], sr: int = SAMPLE_RATE
+    ) -> float:
         return float(np.mean(self.predict(clips, sr) == np.asarray(labels)))
 
 

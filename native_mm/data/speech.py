@@ -123,8 +123,17 @@ def flite(word: str, voice: str, stretch: float) -> np.ndarray:
     with tempfile.TemporaryDirectory() as tmp:
         wav = Path(tmp) / "w.wav"
         subprocess.run(
-            ["flite", "-voice", voice, "--setf", f"duration_stretch={stretch}", "-t", word,
-             "-o", str(wav)],
+            [
+                "flite",
+                "-voice",
+                voice,
+                "--setf",
+                f"duration_stretch={stretch}",
+                "-t",
+                word,
+                "-o",
+                str(wav),
+            ],
             capture_output=True,
             check=True,
         )
@@ -138,14 +147,24 @@ def _jobs(seed: int, with_flite: bool) -> Iterator[tuple[str, str, int, str, cal
             voice = f"{accent}+{variant}"
             for digit, word in enumerate(WORDS):
                 speed, pitch = rng.randint(120, 210), rng.randint(25, 75)
-                yield (f"{voice}_{digit}", voice, digit, voice_split(accent, variant),
-                       lambda w=word, v=voice, s=speed, p=pitch: espeak(w, v, s, p))
+                yield (
+                    f"{voice}_{digit}",
+                    voice,
+                    digit,
+                    voice_split(accent, variant),
+                    lambda w=word, v=voice, s=speed, p=pitch: espeak(w, v, s, p),
+                )
     if with_flite:
         for fv in FLITE_VOICES:
             for k, stretch in enumerate(FLITE_STRETCH):
                 for digit, word in enumerate(WORDS):
-                    yield (f"flite-{fv}-{k}_{digit}", f"flite:{fv}", digit, "unseen_synth",
-                           lambda w=word, v=fv, s=stretch: flite(w, v, s))
+                    yield (
+                        f"flite-{fv}-{k}_{digit}",
+                        f"flite:{fv}",
+                        digit,
+                        "unseen_synth",
+                        lambda w=word, v=fv, s=stretch: flite(w, v, s),
+                    )
 
 
 def build(out: str | Path, seed: int = 0, with_flite: bool = True) -> list[Clip]:
@@ -165,9 +184,16 @@ def build(out: str | Path, seed: int = 0, with_flite: bool = True) -> list[Clip]
         rel = Path(split) / f"{name.replace(':', '-')}.wav"
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
         sf.write(out / rel, make(), SAMPLE_RATE, subtype="PCM_16")
-        rows.append({"path": str(rel), "digit": digit, "word": WORDS[digit], "voice": voice,
-                     "synth": voice.split(":")[0] if ":" in voice else "espeak-ng",
-                     "split": split})
+        rows.append(
+            {
+                "path": str(rel),
+                "digit": digit,
+                "word": WORDS[digit],
+                "voice": voice,
+                "synth": voice.split(":")[0] if ":" in voice else "espeak-ng",
+                "split": split,
+            }
+        )
     with atomic_write(out / "manifest.csv", "w") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
@@ -176,8 +202,11 @@ def build(out: str | Path, seed: int = 0, with_flite: bool = True) -> list[Clip]
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m native_mm.data.speech", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m native_mm.data.speech",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--out", default=str(DEFAULT_DIR), help="output directory")
     ap.add_argument("--seed", type=int, default=0, help="seed for per-clip speed/pitch")
     ap.add_argument("--no-flite", action="store_true", help="skip the flite split")
