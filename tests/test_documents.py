@@ -226,11 +226,24 @@ def test_cli_validate(corpus, capsys):
     assert "none.jsonl: no such documents file" in capsys.readouterr().err
 
 
-@settings(max_examples=300, deadline=None)
-@given(st.lists(st.one_of(st.binary(max_size=40), st.text(max_size=40)), max_size=5))
-def test_fuzz_validator_only_raises_document_errors(tmp_path_factory, lines):
+LINES = st.lists(
+    st.one_of(
+        st.binary(max_size=40),
+        st.text(max_size=40),
+        # near-valid records: random JSON values in the schema's places
+        st.fixed_dictionaries(
+            {"id": st.one_of(st.text(max_size=3), st.integers()), "segments": st.lists(
+                st.dictionaries(st.sampled_from(["text", "image", "audio", "loss", "x"]),
+                                st.one_of(st.text(max_size=8), st.booleans(), st.none()),
+                                max_size=2), max_size=3)}
+        ).map(json.dumps),
+    ),
+    max_size=5,
+)  # fmt: skip
+
+
+def _fuzz_validator(root: Path, lines: list) -> None:
     # Arbitrary bytes never crash the reader: every bad line is a counted DocumentError.
-    root = tmp_path_factory.mktemp("fuzz")
     path = root / "f.jsonl"
     path.write_bytes(b"\n".join(x if isinstance(x, bytes) else x.encode("utf-8", "surrogatepass")
                                 for x in lines))  # fmt: skip
@@ -245,3 +258,16 @@ def test_fuzz_validator_only_raises_document_errors(tmp_path_factory, lines):
 
     expected = sum(not blank(raw) for raw in path.read_bytes().split(b"\n"))
     assert report.skipped + report.documents == expected  # each line kept or counted
+
+
+@settings(max_examples=300, deadline=None)
+@given(LINES)
+def test_fuzz_validator_only_raises_document_errors(tmp_path_factory, lines):
+    _fuzz_validator(tmp_path_factory.mktemp("fuzz"), lines)
+
+
+@pytest.mark.slow
+@settings(max_examples=10_000, deadline=None)
+@given(LINES)
+def test_fuzz_validator_10k(tmp_path_factory, lines):
+    _fuzz_validator(tmp_path_factory.mktemp("fuzz"), lines)

@@ -261,3 +261,10 @@ def test_tokenizer_set_text_only(tmp_path, text_tokenizer):
     other.save(tmp_path / "text")
     with pytest.raises(VocabError, match="fingerprint mismatch"):
         TokenizerSet.load(tmp_path)
+
+
+@pytest.mark.slow
+@settings(max_examples=10_000, deadline=None)
+@given(TEXTS)
+def test_round_trip_any_unicode_10k(text_tokenizer, text):
+    assert text_tokenizer.decode(text_tokenizer.encode(text)) == text
