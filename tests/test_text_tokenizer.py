@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import pickle
 
 import numpy as np
 import pytest
@@ -136,6 +137,9 @@ def test_save_load_keeps_fingerprint(tmp_path, text_tokenizer):
     for text in EXPLICIT:
         assert np.array_equal(loaded.encode(text), text_tokenizer.encode(text))
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporaries
+    # DataLoader workers receive tokenizers by pickling.
+    clone = pickle.loads(pickle.dumps(loaded))
+    assert clone.fingerprint() == loaded.fingerprint() and clone.decode(clone.encode(META)) == META
 
 
 def test_different_model_different_fingerprint(text_corpus, text_tokenizer):
