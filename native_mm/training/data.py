@@ -262,7 +262,7 @@ class ShardDataModule(L.LightningDataModule):
         return self.vocab.size
 
     def _world(self) -> tuple[int, int]:
-        t = self._trainer
+        t = self.trainer
         return (t.global_rank, t.world_size) if t is not None else (0, 1)
 
     def setup(self, stage: str | None = None) -> None:
@@ -306,7 +306,7 @@ class ShardDataModule(L.LightningDataModule):
 
     # ---- resumable state (saved in every checkpoint by Lightning) ----------------------
     def state_dict(self) -> dict:
-        t = self._trainer
+        t = self.trainer
         consumed = self.batches_consumed
         if t is not None:
             consumed = t.global_step * t.accumulate_grad_batches

@@ -1,0 +1,150 @@
+"""``native-mm fit``: LightningCLI over :class:`LanguageModule` + :class:`ShardDataModule`.
+
+    native-mm fit --config recipes/cpu_small.yaml [--model.arch.n_layer 4 --data.batch_size 16
+        --trainer.max_steps 100 --run.logger csv ...] [--ckpt_path last]
+
+Every ``model.*``, ``data.*`` and ``trainer.*`` field of the recipe can be overridden on
+the command line. ``run.*`` holds what the Trainer does not: output directory, logger
+choice (wandb offline by default, with a CSV logger always beside it as the fallback),
+checkpoint cadence, CPU threads. ``model.vocab_manifest`` is linked from the data's
+shard manifest, so the model's vocabulary always matches the data.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities import rank_zero_warn
+
+from native_mm.io import write_bytes
+from native_mm.training.data import ShardDataModule
+from native_mm.training.module import LanguageModule
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """``torch.save`` into memory, then an atomic rename: a kill never leaves half a file."""
+
+    def save_checkpoint(self, checkpoint: dict, path: Any, storage_options: Any = None) -> None:
+        buf = io.BytesIO()
+        torch.save(checkpoint, buf)
+        write_bytes(path, buf.getvalue())
+
+
+def _vocab_manifest(data: ShardDataModule) -> dict:
+    return data.vocab_manifest
+
+
+class FitCLI(LightningCLI):
+    """LightningCLI with run-level options (outputs, loggers, checkpoints, threads)."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument("--run.out_dir", type=str, default="runs/default",
+                            help="directory for checkpoints and logs")  # fmt: skip
+        parser.add_argument("--run.name", type=str, default="native-mm", help="run name")
+        parser.add_argument("--run.logger", type=str, default="wandb",
+                            help="wandb (offline unless WANDB_MODE=online) + csv, csv, or none")  # fmt: skip
+        parser.add_argument("--run.checkpoint_every", type=int, default=500,
+                            help="optimizer steps between checkpoints (last.ckpt)")  # fmt: skip
+        parser.add_argument("--run.keep_checkpoints", type=int, default=1,
+                            help="step checkpoints kept besides last.ckpt (-1 = all)")  # fmt: skip
+        parser.add_argument("--run.csv_flush_every", type=int, default=50,
+                            help="CSV logger flush interval in steps")  # fmt: skip
+        parser.add_argument("--run.threads", type=int, default=0,
+                            help="torch intra-op threads (0 = torch default)")  # fmt: skip
+        parser.link_arguments(
+            "data", "model.vocab_manifest", compute_fn=_vocab_manifest, apply_on="instantiate"
+        )
+
+    def before_instantiate_classes(self) -> None:
+        run = self.config[self.subcommand]["run"] if self.subcommand else self.config["run"]
+        if run.threads:
+            torch.set_num_threads(run.threads)
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        cfg = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        run = cfg["run"]
+        out = Path(run.out_dir)
+        tcfg = cfg["trainer"]
+        callbacks = [
+            ModelCheckpoint(
+                dirpath=out / "checkpoints",
+                filename="step{step:07d}",
+                auto_insert_metric_name=False,
+                every_n_train_steps=run.checkpoint_every,
+                save_top_k=run.keep_checkpoints,
+                monitor="step",
+                mode="max",
+                save_last=True,
+            )
+        ]
+        kwargs.setdefault("default_root_dir", str(out))
+        if tcfg.get("logger") in (None, True):
+            kwargs["logger"] = self._loggers(run, out)
+        strategy = str(tcfg.get("strategy")) + type(tcfg.get("strategy")).__name__
+        if not tcfg.get("plugins") and "fsdp" not in strategy.lower():
+            kwargs["plugins"] = [AtomicCheckpointIO()]
+        extra = [self._get(self.config_init, c) for c in self._parser(self.subcommand).callback_keys]
+        config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
+        return self._instantiate_trainer(config, extra + callbacks)
+
+    @staticmethod
+    def _loggers(run: Any, out: Path) -> list | bool:
+        if run.logger == "none":
+            return False
+        loggers: list = []
+        if run.logger == "wandb":
+            try:
+                from lightning.pytorch.loggers import WandbLogger
+
+                os.environ.setdefault("WANDB_MODE", "offline")
+                offline = os.environ["WANDB_MODE"] != "online"
+                loggers.append(
+                    WandbLogger(
+                        name=run.name, save_dir=str(out), project="native-mm", offline=offline
+                    )
+                )
+            except Exception as e:  # wandb missing or broken: CSV still records everything
+                rank_zero_warn(f"wandb logger unavailable ({e}); logging to CSV only")
+        elif run.logger != "csv":
+            raise ValueError(f"run.logger must be wandb, csv or none, got {run.logger!r}")
+        loggers.append(
+            CSVLogger(str(out), name="csv", version="", flush_logs_every_n_steps=run.csv_flush_every)
+        )
+        return loggers
+
+
+TRAINER_DEFAULTS = {
+    "use_distributed_sampler": False,  # the DataModule shards global batches itself
+}
+
+
+def make_cli(argv: list[str], run: bool = True, cli_class: type = FitCLI) -> FitCLI:
+    """Build (and with ``run`` execute) the CLI from ``argv`` (e.g. ``["fit", "--config", p]``)."""
+    warnings.filterwarnings("ignore", message=".*args parameter is intended.*")
+    return cli_class(
+        LanguageModule,
+        ShardDataModule,
+        args=argv,
+        run=run,
+        trainer_defaults=TRAINER_DEFAULTS,
+        save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
+        parser_kwargs={"fit": {"default_env": False}},
+    )
+
+
+def main(argv: list[str] | None = None, prog: str = "native-mm fit") -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    make_cli(["fit", *argv])
+    return 0

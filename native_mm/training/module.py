@@ -1,0 +1,254 @@
+"""LightningModule for the early-fusion LM: loss per modality, z-loss, schedule, MFU.
+
+Loss. Next-token cross-entropy over the shared vocabulary (computed in fp32 from the
+logits), averaged over the target tokens whose loss mask is set. Under data parallelism
+the number of target tokens is summed over ranks first, so ``W`` processes give exactly
+the loss (and gradients) of one process with the same global batch. Optional z-loss
+(PaLM): ``z_loss * logsumexp(logits)^2`` on the same tokens. Optional per-modality weights
+scale each target token's loss by the weight of its modality (``vocab.modality_table``).
+
+Checkpoints carry ``vocab_manifest`` and the model config (``save_hyperparameters``);
+resuming or loading with a different tokenizer set raises a :class:`VocabError` naming
+both fingerprints.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+
+from native_mm.model import ModelConfig, Transformer
+from native_mm.vocab import MODALITIES, Vocab, VocabError, manifest_digest
+
+
+def _describe(manifest: dict | None) -> str:
+    if not manifest:
+        return "<none>"
+    fps = ", ".join(f"{k}={v[:12]}" for k, v in sorted(manifest.get("fingerprints", {}).items()))
+    return f"{manifest_digest(manifest)} ({fps or 'no fingerprints'})"
+
+
+def check_vocab(stored: dict | None, current: dict | None, source: str) -> None:
+    """Raise if a checkpoint's vocabulary manifest differs from the current one."""
+    if stored is None or current is None:
+        return
+    if manifest_digest(stored) != manifest_digest(current):
+        raise VocabError(
+            f"{source}: the checkpoint was trained with tokenizer set {_describe(stored)} "
+            f"but the current data/tokenizers are {_describe(current)}"
+        )
+
+
+def cosine_schedule(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """LR multiplier: linear warm-up to 1, then cosine decay to ``min_ratio`` at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class LanguageModule(L.LightningModule):
+    """Next-token training of :class:`Transformer` over shard batches.
+
+    Args:
+        arch: model shape (``vocab_size`` is taken from ``vocab_manifest`` when given).
+        vocab_manifest: the data's vocabulary manifest (linked from the DataModule).
+        lr: peak learning rate.
+        min_lr_ratio: final LR as a fraction of ``lr`` (cosine floor).
+        warmup_steps: linear warm-up steps.
+        decay_steps: steps of the cosine decay (0 = the trainer's max_steps).
+        weight_decay: AdamW weight decay on matrices (not on norms).
+        betas: AdamW betas.
+        eps: AdamW epsilon.
+        z_loss: z-loss coefficient (0 = off).
+        modality_weights: per-modality loss weights by name (special/text/image/audio).
+        peak_flops: peak FLOP/s of ONE device, for the MFU estimate.
+    """
+
+    def __init__(
+        self,
+        arch: ModelConfig | None = None,
+        vocab_manifest: dict | None = None,
+        lr: float = 3e-4,
+        min_lr_ratio: float = 0.1,
+        warmup_steps: int = 100,
+        decay_steps: int = 0,
+        weight_decay: float = 0.1,
+        betas: tuple[float, float] = (0.9, 0.95),
+        eps: float = 1e-8,
+        z_loss: float = 0.0,
+        modality_weights: dict[str, float] | None = None,
+        peak_flops: float = 1e12,
+    ) -> None:
+        super().__init__()
+        arch = arch if arch is not None else ModelConfig()
+        if isinstance(arch, dict):
+            arch = ModelConfig.from_dict(arch)
+        if vocab_manifest is not None:
+            vocab = Vocab.from_manifest(vocab_manifest, "vocab_manifest")
+            arch = ModelConfig.from_dict({**arch.to_dict(), "vocab_size": vocab.size})
+            table = torch.from_numpy(vocab.modality_table().astype("int64"))
+        else:
+            table = torch.zeros(arch.vocab_size, dtype=torch.long)
+        self.config = arch
+        unknown = set(modality_weights or {}) - set(MODALITIES)
+        if unknown:
+            raise ValueError(f"model.modality_weights: unknown modalities {sorted(unknown)}")
+        weights = torch.tensor([(modality_weights or {}).get(m, 1.0) for m in MODALITIES])
+        self.register_buffer("modality_table", table, persistent=False)
+        self.register_buffer("modality_weight", weights.float(), persistent=False)
+        self.save_hyperparameters(ignore=["arch"])
+        self.hparams["arch"] = arch.to_dict()  # plain dict: checkpoints load weights_only
+        self.model: Transformer | None = None
+        self._t_last: float | None = None
+
+    # ---- model -----------------------------------------------------------------------
+    def configure_model(self) -> None:
+        """Build the transformer (under the strategy's init context, e.g. FSDP's)."""
+        if self.model is None:
+            self.model = Transformer(self.config)
+
+    def on_fit_start(self) -> None:
+        m, t = self.model, self.config.block_size
+        rank_zero_info(
+            f"model: {m.num_params() / 1e6:.2f}M parameters "
+            f"({m.num_params(non_embedding=True) / 1e6:.2f}M non-embedding), "
+            f"{m.flops_per_token(t) / 1e9:.3f} GFLOP/token (train, T={t}), "
+            f"vocab {self.config.vocab_size} (padded {self.config.padded_vocab_size})"
+        )
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.model(idx)
+
+    # ---- loss ------------------------------------------------------------------------
+    def _global_count(self, n: torch.Tensor) -> tuple[torch.Tensor, int]:
+        world = self.trainer.world_size if self._trainer is not None else 1
+        if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            n = n.clone()
+            torch.distributed.all_reduce(n)
+        return n, world
+
+    def compute_loss(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
+        """Masked next-token loss; logs loss/accuracy per target modality."""
+        logits = self.model(batch["input"]).float()  # (B, T, V)
+        target, mask = batch["target"], batch["mask"].float()
+        lse = torch.logsumexp(logits, dim=-1)  # (B, T)
+        tgt_logit = logits.gather(-1, target[..., None]).squeeze(-1)
+        ce = lse - tgt_logit  # (B, T)
+        mod = self.modality_table[target]  # (B, T)
+        w = self.modality_weight[mod] * mask
+        n_local = mask.sum()
+        n_global, world = self._global_count(n_local.detach())
+        denom = n_global.clamp(min=1) / world  # DDP averages gradients over ranks
+        loss = (ce * w).sum() / denom
+        if self.hparams.z_loss:
+            loss = loss + self.hparams.z_loss * (lse.square() * mask).sum() / denom
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"non-finite {stage} loss {loss.item()} at step {self.global_step} "
+                "(lower the LR, enable z-loss or gradient clipping)"
+            )
+        with torch.no_grad():
+            correct = (logits.argmax(-1) == target).float()
+            metrics = {f"{stage}/loss": (ce * mask).sum() / n_local.clamp(min=1)}
+            for i, name in enumerate(MODALITIES):
+                sel = mask * (mod == i).float()
+                n = sel.sum()
+                if n > 0:
+                    metrics[f"{stage}/loss_{name}"] = (ce * sel).sum() / n
+                    metrics[f"{stage}/acc_{name}"] = (correct * sel).sum() / n
+            metrics[f"{stage}/acc"] = (correct * mask).sum() / n_local.clamp(min=1)
+        on_step = stage == "train"
+        # Under DDP the per-rank loss is rescaled; the synced mean is the global-batch loss.
+        self.log(f"{stage}/loss_opt", loss.detach(), on_step=on_step, on_epoch=not on_step,
+                 sync_dist=world > 1 or not on_step, prog_bar=True)  # fmt: skip
+        self.log_dict(metrics, on_step=on_step, on_epoch=not on_step, sync_dist=not on_step)
+        return loss
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self.compute_loss(batch, "train")
+        now = time.perf_counter()
+        if self._t_last is not None:
+            dt = now - self._t_last
+            tokens = batch["input"].numel() * self.trainer.world_size
+            tps = tokens / dt
+            flops = self.model.flops_per_token(batch["input"].shape[1]) * tps
+            self.log("perf/tokens_per_s", tps, on_step=True, prog_bar=True)
+            self.log("perf/mfu", flops / (self.hparams.peak_flops * self.trainer.world_size))
+        self._t_last = now
+        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True)
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self.compute_loss(batch, "val")
+
+    # ---- optimisation ----------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any]:
+        decay, no_decay = [], []
+        for p in self.model.parameters():
+            if p.requires_grad:
+                (decay if p.dim() >= 2 else no_decay).append(p)
+        hp = self.hparams
+        opt = torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": hp.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=hp.lr,
+            betas=tuple(hp.betas),
+            eps=hp.eps,
+        )
+        total = hp.decay_steps or max(1, self.trainer.max_steps)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: cosine_schedule(s, hp.warmup_steps, total, hp.min_lr_ratio)
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ---- checkpoints -----------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["model_config"] = self.config.to_dict()
+        checkpoint["vocab_manifest"] = self.hparams.vocab_manifest
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        stored = checkpoint.get("vocab_manifest")
+        check_vocab(stored, self.hparams.vocab_manifest, "checkpoint")
+        stored_cfg = checkpoint.get("model_config")
+        if stored_cfg is not None and stored_cfg != self.config.to_dict():
+            diff = {
+                k: (stored_cfg.get(k), v)
+                for k, v in self.config.to_dict().items()
+                if stored_cfg.get(k) != v
+            }
+            raise ValueError(f"checkpoint: model config differs from the current one {diff}")
+
+
+def load_model(
+    path: str, vocab_manifest: dict | None = None, map_location: str = "cpu"
+) -> tuple[Transformer, dict]:
+    """A trained :class:`Transformer` from a Lightning checkpoint, without Lightning.
+
+    Args:
+        path: ``.ckpt`` file written by ``native-mm fit``.
+        vocab_manifest: the tokenizer set's manifest to check against (None = no check).
+
+    Returns:
+        ``(model in eval mode, the checkpoint's vocabulary manifest)``.
+    """
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such checkpoint") from None
+    except Exception as e:  # corrupt or foreign file
+        raise ValueError(f"{path}: cannot load checkpoint ({type(e).__name__}: {e})") from None
+    if "model_config" not in ckpt:
+        raise ValueError(f"{path}: not a native-mm checkpoint (no model_config)")
+    check_vocab(ckpt.get("vocab_manifest"), vocab_manifest, str(path))
+    model = Transformer(ModelConfig.from_dict(ckpt["model_config"], source=str(path)))
+    state = {k[len("model.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    model.load_state_dict(state)
+    return model.eval(), ckpt.get("vocab_manifest") or {}

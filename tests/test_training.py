@@ -1,0 +1,244 @@
+"""Training: packing, dropouts, mixtures, resumable sampling, loss, exact resume, DDP, bf16."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from native_mm.model import ModelConfig
+from native_mm.training.cli import make_cli
+from native_mm.training.data import (
+    DropoutConfig,
+    PackedDataset,
+    ResumableBatchSampler,
+    transform_document,
+)
+from native_mm.training.module import LanguageModule, cosine_schedule, load_model
+from native_mm.training.shards import ShardSet, write_shards_from_ids
+from native_mm.vocab import BOA, BOI, BOS, EOA, EOI, UNCOND, Vocab, VocabError
+from tests.doubles import corpus_shards, fit_args, random_docs, step_losses, text_shards
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    return text_shards(tmp_path_factory.mktemp("txt") / "shards", n_docs=120)
+
+
+@pytest.fixture(scope="module")
+def mm_shards(tmp_path_factory) -> Path:
+    return corpus_shards(tmp_path_factory.mktemp("mm"), n_docs=30)
+
+
+# ---- data ------------------------------------------------------------------------------
+def test_packing_boundaries_and_mask(mm_shards):
+    ss = ShardSet(mm_shards)
+    ds = PackedDataset([ss], [1.0], seq_len=48, seed=3)
+    for i in range(20):
+        item = ds[i]
+        x, y, m = item["input"].numpy(), item["target"].numpy(), item["mask"].numpy()
+        assert x.shape == y.shape == m.shape == (48,)
+        assert x[0] == BOS  # every window starts at a document boundary
+        np.testing.assert_array_equal(x[1:], y[:-1])
+        assert not m[y == BOS].any()  # never predict the next document's <bos>
+        assert not m[y == UNCOND].any()
+    # determinism: a fresh dataset gives the same samples
+    ds2 = PackedDataset([ShardSet(mm_shards)], [1.0], seq_len=48, seed=3)
+    for i in (0, 7, 1000):
+        for k in ("input", "target", "mask"):
+            assert torch.equal(ds[i][k], ds2[i][k])
+
+
+def test_prompt_loss_flags_reach_the_mask(mm_shards):
+    """Documents' "loss": false segments (the text "sound" before audio) are not targets."""
+    ss = ShardSet(mm_shards)
+    masked_text = 0
+    for d in range(len(ss)):
+        ids, loss = ss.document(d)
+        boa = np.flatnonzero(ids == BOA)
+        for b in boa:
+            assert not loss[b - 5 : b].any()  # "sound" (5 byte tokens), "loss": false
+            assert loss[b : np.flatnonzero(ids == EOA)[0] + 1].all()  # the audio span is
+            masked_text += 5
+        assert loss[-1]  # <eos> is a target
+    assert masked_text > 0
+
+
+def test_modality_and_conditioning_dropout():
+    rng = np.random.default_rng(0)
+    t = [20, 21, 22]
+    ids = np.array([BOS, *t, BOI, 200, 201, EOI, 23, BOA, 300, EOA, BOS + 1], dtype=np.int64)
+    loss = np.ones(len(ids), bool)
+    loss[0] = False
+    # drop every image span, keep audio
+    out, ol = transform_document(ids, loss, DropoutConfig(image_dropout=1.0), rng)
+    assert BOI not in out and EOI not in out and BOA in out
+    assert list(out) == [BOS, *t, 23, BOA, 300, EOA, BOS + 1]
+    out, _ = transform_document(ids, loss, DropoutConfig(audio_dropout=1.0), rng)
+    assert BOA not in out and BOI in out
+    # conditioning dropout: each media span's prompt becomes one <uncond> (not a target)
+    out, ol = transform_document(ids, loss, DropoutConfig(cond_dropout=1.0), rng)
+    assert list(out) == [BOS, UNCOND, BOI, 200, 201, EOI, UNCOND, BOA, 300, EOA, BOS + 1]
+    assert not ol[out == UNCOND].any()
+    # probability 0 is the identity
+    out, ol = transform_document(ids, loss, DropoutConfig(), rng)
+    assert out is ids
+    # about p of the spans are dropped
+    kept = [
+        BOI in transform_document(ids, loss, DropoutConfig(image_dropout=0.3), rng)[0]
+        for _ in range(2000)
+    ]
+    assert abs(1 - np.mean(kept) - 0.3) < 0.04
+
+
+def test_mixture_weights(tmp_path):
+    vocab = Vocab(text_size=50)
+    t0 = vocab.ranges["text"].start
+    a = [(np.array([BOS, t0, t0, 2]), np.ones(4, bool))] * 10
+    b = [(np.array([BOS, t0 + 1, t0 + 1, 2]), np.ones(4, bool))] * 10
+    write_shards_from_ids(tmp_path / "a", a, vocab, source="a")
+    write_shards_from_ids(tmp_path / "b", b, vocab, source="b")
+    ds = PackedDataset([ShardSet(tmp_path / "a"), ShardSet(tmp_path / "b")], [3, 1], seq_len=3)
+    frac_a = np.mean([int(ds[i]["input"][1]) == t0 for i in range(2000)])
+    assert abs(frac_a - 0.75) < 0.04
+
+
+def test_sampler_ranks_cover_the_global_batch_and_resume():
+    one = list(ResumableBatchSampler(8, 0, 1, epoch_batches=5))
+    r0 = list(ResumableBatchSampler(4, 0, 2, epoch_batches=5))
+    r1 = list(ResumableBatchSampler(4, 1, 2, epoch_batches=5))
+    for g, a, b in zip(one, r0, r1, strict=True):
+        assert sorted(a + b) == g
+    resumed = ResumableBatchSampler(8, 0, 1, epoch_batches=5, start_batch=7)
+    resumed.set_epoch(1)
+    assert list(resumed) == [list(range(g * 8, g * 8 + 8)) for g in (7, 8, 9)]
+
+
+# ---- loss --------------------------------------------------------------------------------
+def _module(vocab: Vocab, **kw) -> LanguageModule:
+    arch = ModelConfig(n_layer=1, n_embd=32, n_head=2, block_size=16)
+    m = LanguageModule(arch=arch, vocab_manifest=vocab.to_manifest({"text": "abc"}), **kw)
+    m.configure_model()
+    m.log = m.log_dict = lambda *a, **k: None  # no trainer attached
+    return m
+
+
+def test_loss_weights_zloss_and_nonfinite():
+    vocab = Vocab(text_size=40, image_codes=8)
+    torch.manual_seed(0)
+    x = torch.randint(16, vocab.size, (2, 16))
+    batch = {"input": x, "target": x.roll(-1, 1), "mask": torch.ones(2, 16, dtype=torch.bool)}
+    base = _module(vocab)
+    loss = base.compute_loss(batch, "train")
+    # reference: plain cross-entropy over the unpadded vocabulary positions
+    logits = base.model(x).float()
+    ref = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch["target"].flatten())
+    assert torch.allclose(loss, ref, atol=1e-5)
+    torch.manual_seed(1)
+    zl = _module(vocab, z_loss=1e-2)
+    zl.model.load_state_dict(base.model.state_dict())
+    assert zl.compute_loss(batch, "train") > loss
+    w = _module(vocab, modality_weights={"image": 0.0})
+    w.model.load_state_dict(base.model.state_dict())
+    is_img = torch.from_numpy(vocab.modality_of(batch["target"].numpy()) == 2)
+    ce = torch.nn.functional.cross_entropy(
+        logits.flatten(0, 1), batch["target"].flatten(), reduction="none"
+    )
+    expect = (ce * (~is_img.flatten())).sum() / ce.numel()
+    assert torch.allclose(w.compute_loss(batch, "train"), expect, atol=1e-5)
+    with torch.no_grad():
+        base.model.lm_head.weight.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        base.compute_loss(batch, "train")
+
+
+def test_cosine_schedule():
+    lrs = [cosine_schedule(s, 10, 100, 0.1) for s in range(120)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))
+    assert lrs[100] == pytest.approx(0.1) and lrs[119] == pytest.approx(0.1)
+
+
+# ---- end to end --------------------------------------------------------------------------
+def _fit(args: list[str]) -> None:
+    make_cli(args)
+
+
+def test_exact_resume_after_kill(shards, tmp_path):
+    """Kill a run (SIGKILL) after a checkpoint, resume it: later losses equal a clean run's."""
+    n = 10
+    _fit(fit_args(shards, tmp_path / "clean", n))
+    clean = step_losses(tmp_path / "clean")
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "native_mm.cli", *fit_args(shards, killed, 1000)]
+    cmd += ["--trainer.callbacks+=tests.doubles.SlowDown", "--trainer.callbacks.seconds=0.5"]
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    ckpt = killed / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 90
+    while time.time() < deadline and proc.poll() is None:
+        if ckpt.exists() and torch.load(ckpt, weights_only=False)["global_step"] >= 3:
+            break
+        time.sleep(0.2)
+    alive = proc.poll() is None
+    os.kill(proc.pid, signal.SIGKILL)
+    err = proc.communicate()[1]
+    assert alive, f"run ended before it could be killed:\n{err[-3000:]}"
+    step = torch.load(ckpt, weights_only=False)["global_step"]
+    assert 3 <= step < n
+    _fit(fit_args(shards, tmp_path / "resumed", n, "--ckpt_path", str(ckpt)))
+    resumed = step_losses(tmp_path / "resumed")
+    assert sorted(resumed) == list(range(step, n))
+    for s in resumed:
+        assert resumed[s] == pytest.approx(clean[s], abs=1e-6), s
+
+
+def test_ddp_two_processes_match_one(shards, tmp_path):
+    """Two gloo processes with the global batch split give one process's losses."""
+    _fit(fit_args(shards, tmp_path / "one", 4))
+    cmd = [sys.executable, "-m", "native_mm.cli", *fit_args(shards, tmp_path / "ddp", 4)]
+    cmd += ["--trainer.strategy", "ddp", "--trainer.devices", "2"]
+    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert res.returncode == 0, res.stderr[-3000:]
+    one, two = step_losses(tmp_path / "one"), step_losses(tmp_path / "ddp")
+    assert sorted(two) == sorted(one) == [0, 1, 2, 3]
+    for s in one:
+        assert two[s] == pytest.approx(one[s], abs=1e-4), (s, one, two)
+    a, _ = load_model(str(tmp_path / "one/checkpoints/last.ckpt"))
+    b, _ = load_model(str(tmp_path / "ddp/checkpoints/last.ckpt"))
+    for (k, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.allclose(p, q, atol=1e-4), k
+
+
+def test_bf16_mixed_trains(shards, tmp_path):
+    _fit(fit_args(shards, tmp_path / "bf16", 24, "--trainer.precision", "bf16-mixed"))
+    losses = step_losses(tmp_path / "bf16")
+    first, last = np.mean([losses[s] for s in range(3)]), np.mean([losses[s] for s in (21, 22, 23)])
+    assert last < first - 0.3, losses
+
+
+def test_checkpoint_with_other_tokenizer_set_is_an_error(shards, tmp_path):
+    _fit(fit_args(shards, tmp_path / "a", 2))
+    ckpt = tmp_path / "a/checkpoints/last.ckpt"
+    model, manifest = load_model(str(ckpt), ShardSet(shards).manifest["vocab"])
+    assert manifest["size"] == model.config.vocab_size
+    other = Vocab(text_size=100).to_manifest({"text": "f" * 64})
+    with pytest.raises(VocabError, match="tokenizer set .* but the current"):
+        load_model(str(ckpt), other)
+    # resuming fit on data from another tokenizer set fails naming both fingerprints
+    vocab = Vocab(text_size=100)
+    write_shards_from_ids(
+        tmp_path / "other", random_docs(vocab, 20), vocab, fingerprints={"text": "f" * 64}
+    )
+    with pytest.raises(VocabError, match="ffffffffffff"):
+        _fit(fit_args(tmp_path / "other", tmp_path / "b", 4, "--ckpt_path", str(ckpt)))
