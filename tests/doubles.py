@@ -12,7 +12,7 @@ from native_mm.training.shards import tokenize, write_shards_from_ids
 from native_mm.vocab import Vocab
 from tests.codec_doubles import BytesText, CodeAudio, GridImage
 
-WORDS = "the a cat dog sees hears one two three red blue small big image sound of".split()
+WORDS = ["the", "a", "cat", "dog", "sees", "one", "two", "red", "blue", "image", "sound", "of"]
 
 
 class CheckedImage(GridImage):
@@ -129,5 +129,5 @@ def step_losses(out: Path, key: str = "train/loss_opt") -> dict[int, float]:
     """Per-step values of ``key`` from a run's CSV log."""
     import csv
 
-    rows = csv.DictReader(open(out / "csv" / "metrics.csv"))
-    return {int(r["step"]): float(r[key]) for r in rows if r.get(key)}
+    with open(out / "csv" / "metrics.csv") as f:
+        return {int(r["step"]): float(r[key]) for r in csv.DictReader(f) if r.get(key)}

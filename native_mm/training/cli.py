@@ -53,7 +53,7 @@ class FitCLI(LightningCLI):
                             help="directory for checkpoints and logs")  # fmt: skip
         parser.add_argument("--run.name", type=str, default="native-mm", help="run name")
         parser.add_argument("--run.logger", type=str, default="wandb",
-                            help="wandb (offline unless WANDB_MODE=online) + csv, csv, or none")  # fmt: skip
+                            help="wandb (offline) + csv | csv | none")  # fmt: skip
         parser.add_argument("--run.checkpoint_every", type=int, default=500,
                             help="optimizer steps between checkpoints (last.ckpt)")  # fmt: skip
         parser.add_argument("--run.keep_checkpoints", type=int, default=1,
@@ -94,7 +94,8 @@ class FitCLI(LightningCLI):
         strategy = str(tcfg.get("strategy")) + type(tcfg.get("strategy")).__name__
         if not tcfg.get("plugins") and "fsdp" not in strategy.lower():
             kwargs["plugins"] = [AtomicCheckpointIO()]
-        extra = [self._get(self.config_init, c) for c in self._parser(self.subcommand).callback_keys]
+        keys = self._parser(self.subcommand).callback_keys
+        extra = [self._get(self.config_init, c) for c in keys]
         config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
         return self._instantiate_trainer(config, extra + callbacks)
 
@@ -118,9 +119,8 @@ class FitCLI(LightningCLI):
                 rank_zero_warn(f"wandb logger unavailable ({e}); logging to CSV only")
         elif run.logger != "csv":
             raise ValueError(f"run.logger must be wandb, csv or none, got {run.logger!r}")
-        loggers.append(
-            CSVLogger(str(out), name="csv", version="", flush_logs_every_n_steps=run.csv_flush_every)
-        )
+        flush = run.csv_flush_every
+        loggers.append(CSVLogger(str(out), name="csv", version="", flush_logs_every_n_steps=flush))
         return loggers
 
 
