@@ -210,9 +210,9 @@ class AudioTokenizer(TorchTokenizer):
 
         Args:
             name: "encodec_24khz" or "encodec_48khz".
-            path: the checkpoint file, or a directory holding it under its published name
-                (``encodec_24khz-d7cc33bc.th``); its sha256 must start with the name's
-                checksum part.
+            path: the checkpoint file (named ``NAME-CHECKSUM.th``), or a directory holding
+                it under its published name (``encodec_24khz-d7cc33bc.th``); the file's
+                sha256 must start with the checksum part of its name.
             download: fetch the checkpoint into ``path`` (or torch's hub cache) when missing.
             levels: RVQ levels to use (24 kHz: 2/4/8/16/32 = 1.5/3/6/12/24 kbps).
 
@@ -238,7 +238,12 @@ class AudioTokenizer(TorchTokenizer):
 
             file.parent.mkdir(parents=True, exist_ok=True)
             torch.hub.download_url_to_file(ENCODEC_URL + fname, str(file))
-        checksum = fname.rsplit(".", 1)[0].split("-")[1]
+        # As in encodec: the checksum is the part of the file name after the last "-"
+        # (a file given directly may carry its own, e.g. a re-exported checkpoint).
+        stem = file.name.rsplit(".", 1)[0]
+        if "-" not in stem:
+            raise MediaError(f"{file}: file name must be NAME-SHA256PREFIX.th, like {fname}")
+        checksum = stem.rsplit("-", 1)[1].lower()
         actual = sha256_file(file)
         if not actual.startswith(checksum):
             raise MediaError(

@@ -297,7 +297,7 @@ def make_module(spec: AudioTrainSpec) -> Any:
             self.clip_gradients(opt_g, gradient_clip_val=1.0, gradient_clip_algorithm="norm")
             opt_g.step()
             logs["loss/total"] = loss
-            self.log_dict({k: float(v) for k, v in logs.items()}, prog_bar=False)
+            self.log_dict({k: float(v.detach()) for k, v in logs.items()}, prog_bar=False)
 
         def configure_optimizers(self):
             b = tuple(self.spec.betas)
