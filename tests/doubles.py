@@ -92,21 +92,6 @@ def corpus_shards(root: Path, n_docs: int = 40, workers: int = 0) -> Path:
     return root / "shards"
 
 
-import lightning as L  # noqa: E402
-
-
-class SlowDown(L.Callback):
-    """Sleep after every training step, so a test can kill a run mid-way."""
-
-    def __init__(self, seconds: float = 0.3) -> None:
-        self.seconds = seconds
-
-    def on_train_batch_end(self, *args, **kwargs) -> None:
-        import time
-
-        time.sleep(self.seconds)
-
-
 def fit_args(shards: Path, out: Path, steps: int, *extra: str) -> list[str]:
     """``fit`` arguments for a tiny, deterministic CPU run of the CPU recipe."""
     repo = Path(__file__).resolve().parents[1]

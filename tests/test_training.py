@@ -180,7 +180,7 @@ def test_exact_resume_after_kill(shards, tmp_path):
     clean = step_losses(tmp_path / "clean")
     killed = tmp_path / "killed"
     cmd = [sys.executable, "-m", "native_mm.cli", *fit_args(shards, killed, 1000)]
-    cmd += ["--trainer.callbacks+=tests.doubles.SlowDown", "--trainer.callbacks.seconds=0.5"]
+    cmd += ["--trainer.callbacks+=tests.slowdown.SlowDown", "--trainer.callbacks.seconds=0.5"]
     proc = subprocess.Popen(
         cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )

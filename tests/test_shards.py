@@ -1,0 +1,155 @@
+"""Packed token shards: content, manifest, skipped records, resumable builds, corruption."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+
+import numpy as np
+import pytest
+
+import native_mm.training.shards as shards_mod
+from native_mm.cli import main as cli_main
+from native_mm.documents import read_documents
+from native_mm.sequence import SequenceCodec, encode_document
+from native_mm.training.shards import ShardError, ShardSet, read_manifest, tokenize
+from tests.doubles import tokenizer_set, write_corpus
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shards")
+    corpus = write_corpus(root / "corpus", 30)
+    manifest = tokenize([corpus], root / "out", tokenizer_set(), docs_per_shard=7, workers=2,
+                        log=_quiet)  # fmt: skip
+    return corpus, root / "out", manifest
+
+
+def _expected(corpus):
+    tset = tokenizer_set()
+    codec = SequenceCodec(tset.vocab)
+    out = []
+    for doc in read_documents(corpus, on_error="skip"):
+        with contextlib.suppress(ValueError):  # the bad image: skipped by tokenize too
+            out.append((doc.id, encode_document(doc, tset, codec)))
+    return out
+
+
+def test_shards_hold_every_document_once_in_order(built):
+    corpus, out, manifest = built
+    expected = _expected(corpus)
+    ss = ShardSet(out)
+    assert len(ss) == len(expected) == manifest["documents"] == 30
+    for k, (_, enc) in enumerate(expected):
+        ids, loss = ss.document(k)
+        np.testing.assert_array_equal(ids, enc.ids)
+        np.testing.assert_array_equal(loss, enc.loss_mask)
+    assert ss.dtype == np.uint16 == tokenizer_set().vocab.dtype
+    assert (out / "shards/00000.ids.bin").stat().st_size == 2 * manifest["shards"][0]["tokens"]
+    # manifest: vocabulary, per-modality counts, source mixture, checksums
+    assert manifest["vocab"] == tokenizer_set().manifest()
+    total = sum(len(e.ids) for _, e in expected)
+    assert manifest["tokens"] == total == sum(manifest["modality_tokens"].values())
+    assert manifest["modality_tokens"]["image"] > 0 and manifest["modality_tokens"]["audio"] > 0
+    assert manifest["sources"] == {"docs": {"documents": 30, "tokens": total}}
+    assert len(manifest["shards"]) == 5
+    assert all(len(s["files"]["ids.bin"]["sha256"]) == 64 for s in manifest["shards"])
+
+
+def test_skipped_records_are_reported_with_reasons(built):
+    _, out, _ = built
+    skipped = json.loads((out / "skipped.json").read_text())
+    assert skipped["count"] == 2
+    by_reason = {r["reason"]: r for r in skipped["records"]}
+    assert by_reason["invalid_record"]["source"].endswith("docs.jsonl:4")
+    assert "bad.npy" in by_reason["MediaError"]["message"]
+    assert by_reason["MediaError"]["source"].endswith("docs.jsonl:6")
+
+
+def test_interrupted_build_resumes_without_loss_or_duplicates(built, tmp_path, monkeypatch):
+    corpus, clean_out, clean = built
+    out = tmp_path / "out"
+    real, calls = shards_mod._run_job, []
+
+    def dying(job):
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed")
+        calls.append(job.index)
+        return real(job)
+
+    monkeypatch.setattr(shards_mod, "_run_job", dying)
+    with pytest.raises(KeyboardInterrupt):
+        tokenize([corpus], out, tokenizer_set(), docs_per_shard=7, workers=0, log=_quiet)
+    assert not (out / "manifest.json").exists()
+    done = sorted(p.name for p in (out / "shards").glob("*.done.json"))
+    assert done == ["00000.done.json", "00001.done.json"]
+    mtime = (out / "shards/00000.ids.bin").stat().st_mtime_ns
+    # a half-written shard whose marker is stale must be redone, not trusted
+    (out / "shards/00002.ids.bin").write_bytes(b"partial")
+    monkeypatch.setattr(shards_mod, "_run_job", real)
+    calls.clear()
+    manifest = tokenize([corpus], out, tokenizer_set(), docs_per_shard=7, workers=0, log=_quiet)
+    assert (out / "shards/00000.ids.bin").stat().st_mtime_ns == mtime  # not redone
+    keys = ("documents", "tokens", "modality_tokens", "sources")
+    assert {k: manifest[k] for k in keys} == {k: clean[k] for k in keys}
+    assert [s["files"] for s in manifest["shards"]] == [s["files"] for s in clean["shards"]]
+    ids = [
+        i for k in range(5) for i in json.loads((out / f"shards/{k:05d}.done.json").read_text())[
+            "doc_ids"]
+    ]  # fmt: skip
+    assert len(ids) == len(set(ids)) == 30
+
+
+def test_corrupted_shard_is_detected_naming_the_file(built, tmp_path):
+    _, src, _ = built
+    out = tmp_path / "copy"
+    os.system(f"cp -r {src} {out}")
+    victim = out / "shards/00003.ids.bin"
+    data = bytearray(victim.read_bytes())
+    data[10] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    with pytest.raises(ShardError, match="00003.ids.bin.*corrupted"):
+        ShardSet(out)
+    ShardSet(out, verify="size")  # same size: only the checksum can tell
+    victim.write_bytes(bytes(data[:-2]))
+    with pytest.raises(ShardError, match="00003.ids.bin"):
+        ShardSet(out, verify="size")
+
+
+def test_corrupted_manifest_is_detected_naming_the_file(built, tmp_path):
+    _, src, _ = built
+    out = tmp_path / "copy"
+    os.system(f"cp -r {src} {out}")
+    path = out / "manifest.json"
+    m = json.loads(path.read_text())
+    m["tokens"] += 1
+    path.write_text(json.dumps(m))
+    with pytest.raises(ShardError, match=r"manifest\.json.*checksum"):
+        read_manifest(out)
+    path.write_text(path.read_text()[:-20])
+    with pytest.raises(ShardError, match=r"manifest\.json.*not valid JSON"):
+        ShardSet(out)
+
+
+def test_tokenize_verb_with_a_saved_tokenizer_set(tmp_path, capsys):
+    """The CLI path: a text-only corpus and a real (tiny) sentencepiece tokenizer set."""
+    text_mod = pytest.importorskip("native_mm.tokenizers.text")
+    lines = [json.dumps({"id": f"d{i}", "segments": [{"text": f"doc {i} says hi"}]})
+             for i in range(12)]  # fmt: skip
+    corpus = tmp_path / "docs.jsonl"
+    corpus.write_text("\n".join(lines) + "\n")
+    spec = text_mod.TextSpec(vocab_size=300, hard_vocab_limit=False)
+    tok = text_mod.train_text_tokenizer(spec, [json.loads(x)["segments"][0]["text"] for x in lines])
+    from native_mm.tokenizers.base import TokenizerSet
+
+    TokenizerSet(tok).save(tmp_path / "tset")
+    rc = cli_main(["tokenize", str(corpus), "--tokenizers", str(tmp_path / "tset"),
+                   "--out", str(tmp_path / "out"), "--workers", "0"])  # fmt: skip
+    assert rc == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["documents"] == 12
+    assert len(ShardSet(tmp_path / "out")) == 12
