@@ -373,8 +373,6 @@ def stream_ids(
     device = model.lm_head.weight.device
     idx, pad = idx.to(device), pad.to(device)
     con.state_after(prompts)
-    if not output.constrained:  # only valid ids; the state still tracks spans for streaming
-        con.allowed = lambda budget: con.valid.expand(b, -1).clone()  # type: ignore[method-assign]
     gen = None
     if sampling.seed is not None:
         gen = torch.Generator(device=device).manual_seed(sampling.seed)
@@ -396,7 +394,10 @@ def stream_ids(
         if cfg_on:
             cond, uncond = logits[:b], logits[b:]
             logits = uncond + sampling.cfg_scale * (cond - uncond)
-        mask = con.allowed(n_steps - step).to(device)
+        if output.constrained:
+            mask = con.allowed(n_steps - step).to(device)
+        else:  # any valid id; the state machine still tracks spans for streaming
+            mask = con.valid.expand(b, -1).to(device, copy=True)
         mask[finished.to(device)] = False
         mask[finished.to(device), PAD] = True
         tok = sample_next(logits.masked_fill(~mask, float("-inf")), sampling, gen).cpu()

@@ -394,14 +394,18 @@ class Transformer(nn.Module):
         if cache.batch_size != b:
             raise ValueError(f"cache holds {cache.batch_size} rows, prompts have {b}")
         cache.pad = torch.zeros(b, dtype=torch.long, device=idx.device) if pad is None else pad
-        return self._extend(idx, cache)[:, -1]
+        return self._extend(idx, cache, last_only=True)[:, -1]
 
     def decode_step(self, idx: Tensor, cache: KVCache) -> Tensor:
         """Append one token per row. idx ``(B,)`` -> logits ``(B, V)`` for the next token."""
         return self._extend(idx[:, None], cache)[:, -1]
 
-    def _extend(self, idx: Tensor, cache: KVCache) -> Tensor:
-        """idx (B, T) written at cache slots [length, length + T) -> logits (B, T, V)."""
+    def _extend(self, idx: Tensor, cache: KVCache, last_only: bool = False) -> Tensor:
+        """idx (B, T) written at cache slots [length, length + T) -> logits (B, T, V).
+
+        ``last_only`` projects only the last position (B, 1, V): a prompt's other logits
+        are never sampled, and the output layer is the largest matmul at small widths.
+        """
         b, t = idx.shape
         start = cache.length
         if start + t > cache.max_len:
@@ -426,4 +430,6 @@ class Transformer(nn.Module):
         for i, block in enumerate(self.blocks):
             x = block(x, cos, sin, mask, cache, i)
         cache.length = start + t
+        if last_only:
+            x = x[:, -1:]
         return self.lm_head(self.norm(x))

@@ -394,3 +394,23 @@ def test_cli_generates_png_wav_and_text(mm_model, tokenizers, tmp_path, capsys) 
                  "--out", str(out / "txt")]) == 0  # fmt: skip
     assert (out / "txt" / "sample0_0.txt").read_text()
     assert "sample0_0.txt" in capsys.readouterr().out
+
+
+def test_loads_the_training_checkpoint_layout(mm_model, tokenizers, tmp_path) -> None:
+    """LanguageModule.on_save_checkpoint: top-level model_config / vocab_manifest and a
+    Lightning state_dict whose keys carry the ``model.`` attribute prefix."""
+    ckpt = tmp_path / "last.ckpt"
+    torch.save(
+        {
+            "epoch": 0,
+            "global_step": 3,
+            "state_dict": {f"model.{k}": v for k, v in mm_model.state_dict().items()},
+            "model_config": mm_model.config.to_dict(),
+            "vocab_manifest": tokenizers.manifest(),
+            "hyper_parameters": {"arch": mm_model.config.to_dict(), "lr": 1e-3},
+        },
+        ckpt,
+    )
+    loaded, _ = load_checkpoint(ckpt, tokenizers)
+    for name, tensor in mm_model.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[name], tensor)
