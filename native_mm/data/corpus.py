@@ -1,0 +1,258 @@
+"""The built-in interleaved digits corpus: written, drawn and spoken digits in one JSONL.
+
+Real data only, all of it installed with the package:
+
+- images: scikit-learn's handwritten digits (:mod:`native_mm.data.digits`), TRAIN split
+  only (the held-out writers' images are never written here), upscaled to
+  ``image_size`` and optionally augmented with small random affine warps;
+- audio: the committed espeak-ng spoken digits (:mod:`native_mm.data.speech`), TRAIN
+  voices only, optionally augmented with speed (tempo + pitch) and gain perturbations;
+- text: captions and prompts with varied wording ("a handwritten seven", "the digit 7",
+  "seven", "7", "draw a 7", "say seven", ...).
+
+Each document is one *direction* (text->image, image->text, text->audio, audio->text,
+image->audio, audio->image) or a *mixed* document holding all three modalities of the
+same digit in a random order. :func:`build_corpus` writes ``documents.jsonl`` (schema of
+:mod:`native_mm.documents`), the media files it references (paths relative to it) and
+``corpus.json`` (config, counts, seconds); it is deterministic for a given seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+
+DIRECTIONS: tuple[str, ...] = (
+    "text->image",
+    "image->text",
+    "text->audio",
+    "audio->text",
+    "image->audio",
+    "audio->image",
+)
+WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+# Captions that name the digit of an image / a clip (targets of X->text, prompts too).
+IMAGE_CAPTIONS = (
+    "{w}", "{d}", "a handwritten {w}", "the digit {d}", "the digit {w}", "this is a {w}.",
+    "the image shows a {w}", "a handwritten {d}", "it is a {w}", "{W}.",
+)  # fmt: skip
+AUDIO_CAPTIONS = (
+    "{w}", "{d}", "someone says {w}", "the voice says {w}", "a spoken {w}", "the digit {d}",
+    "it is a {w}", "{W}.", "the word {w}", "a spoken {d}",
+)  # fmt: skip
+# Prompts that ask for an image / a clip of a digit (text->image, text->audio).
+IMAGE_PROMPTS = (
+    "draw a {w}", "draw a {d}", "a handwritten {w}", "the digit {d}", "{w}", "{d}",
+    "write the digit {d}", "write a {w}", "the digit {w}", "a handwritten {d}",
+)  # fmt: skip
+AUDIO_PROMPTS = (
+    "say {w}", "say {d}", "{w}", "{d}", "someone says {w}", "a spoken {w}", "say the digit {d}",
+    "pronounce {w}", "the spoken digit {d}", "speak: {w}",
+)  # fmt: skip
+QUESTIONS = ("what digit is this?", "which digit?", "what number is it?")
+
+
+class CorpusError(ValueError):
+    """A corpus configuration or source that cannot be used; names the field or file."""
+
+
+@dataclasses.dataclass
+class CorpusConfig:
+    """What goes into the built-in digits corpus."""
+
+    seed: int = 0  # every random choice (pairings, wordings, augmentations) follows it
+    image_size: int = 32  # side of the written PNGs (the image tokenizer's input size)
+    image_augment: int = 2  # augmented copies per train image (0 = originals only)
+    audio_augment: int = 3  # augmented copies per train clip (0 = originals only)
+    docs: dict = dataclasses.field(  # documents per direction (plus "mixed")
+        default_factory=lambda: {d: 3000 for d in DIRECTIONS} | {"mixed": 1000}
+    )
+    question_rate: float = 0.2  # share of X->text documents whose answer follows a question
+    prompt_loss: bool = True  # False: the prompt segment of direction docs gets "loss": false
+    max_images: int = 0  # use at most this many train images (0 = all; smoke runs)
+    max_clips: int = 0  # use at most this many train clips (0 = all; smoke runs)
+    audio_root: str = ""  # spoken-digits directory ("" = the committed clips)
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.docs) - set(DIRECTIONS) - {"mixed"})
+        if unknown:
+            raise CorpusError(f"corpus.docs: unknown directions {unknown}; have {DIRECTIONS}")
+        for k, v in self.docs.items():
+            if int(v) < 0:
+                raise CorpusError(f"corpus.docs[{k!r}] = {v}: must be >= 0")
+        if not 0.0 <= self.question_rate <= 1.0:
+            raise CorpusError(f"corpus.question_rate = {self.question_rate}: must be in [0, 1]")
+        if self.image_size < 8:
+            raise CorpusError(f"corpus.image_size = {self.image_size}: must be >= 8")
+
+
+def fill(template: str, digit: int) -> str:
+    """A wording template with ``{d}`` (numeral), ``{w}`` (word), ``{W}`` (Word) filled."""
+    w = WORDS[digit]
+    return template.format(d=digit, w=w, W=w.capitalize())
+
+
+def augment_image(img, rng: np.random.Generator):  # PIL.Image -> PIL.Image
+    """A small random affine warp: rotation +-10 deg, scale 0.9-1.1, shift +-6% of the side."""
+    from PIL import Image
+
+    n = img.size[0]
+    angle = float(rng.uniform(-10, 10))
+    scale = float(rng.uniform(0.9, 1.1))
+    tx, ty = (float(v) for v in rng.uniform(-0.06, 0.06, 2) * n)
+    a = np.deg2rad(angle)
+    # inverse map output -> input around the centre
+    c, s = np.cos(a) / scale, np.sin(a) / scale
+    cx = cy = (n - 1) / 2
+    coeffs = (
+        c, s, cx - c * (cx + tx) - s * (cy + ty),
+        -s, c, cy + s * (cx + tx) - c * (cy + ty),
+    )  # fmt: skip
+    return img.transform((n, n), Image.Transform.AFFINE, coeffs, Image.Resampling.BILINEAR)
+
+
+def augment_audio(x: np.ndarray, sr: int, rng: np.random.Generator) -> np.ndarray:
+    """Speed perturbation (x0.85-1.15 in steps of 1/40, tempo and pitch together) and gain 0.5-1.0.
+
+    Args:
+        x: mono float32 samples ``(N,)``.
+    """
+    import torch
+    import torchaudio.functional as AF
+
+    # rates on a 1/40 grid keep the polyphase resampling kernel small (gcd = sr / 40)
+    steps = int(rng.integers(-6, 7))  # factor = 1 + steps / 40 in [0.85, 1.15]
+    y = AF.resample(torch.from_numpy(np.ascontiguousarray(x)), sr + steps * sr // 40, sr)
+    y = y.numpy()
+    y = y / max(float(np.abs(y).max()), 1e-6) * float(rng.uniform(0.5, 1.0)) * 0.8
+    return y.astype(np.float32)
+
+
+def _image_pool(cfg: CorpusConfig, root: Path, rng: np.random.Generator) -> dict[int, list[str]]:
+    """Write train images (+ augmented copies) -> {digit: [relative paths]}."""
+    from native_mm.data import digits
+
+    x, y = digits.load("train")
+    if cfg.max_images:
+        x, y = x[: cfg.max_images], y[: cfg.max_images]
+    pool: dict[int, list[str]] = {d: [] for d in range(10)}
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    for i, (img8, label) in enumerate(zip(x, y, strict=True)):
+        base = digits.to_pil(img8, cfg.image_size)
+        for k in range(cfg.image_augment + 1):
+            img = base if k == 0 else augment_image(base, rng)
+            rel = f"images/train{i:04d}_{k}.png"
+            img.save(root / rel)
+            pool[int(label)].append(rel)
+    return pool
+
+
+def _audio_pool(cfg: CorpusConfig, root: Path, rng: np.random.Generator) -> dict[int, list[str]]:
+    """Write train clips (+ augmented copies) -> {digit: [relative paths]}."""
+    import soundfile as sf
+
+    from native_mm.data import speech
+
+    clips = speech.read_manifest(cfg.audio_root or speech.DEFAULT_DIR, split="train")
+    if not clips:
+        raise CorpusError(f"{cfg.audio_root or speech.DEFAULT_DIR}: no train clips")
+    if cfg.max_clips:
+        clips = clips[: cfg.max_clips]
+    pool: dict[int, list[str]] = {d: [] for d in range(10)}
+    (root / "audio").mkdir(parents=True, exist_ok=True)
+    for clip in clips:
+        x, sr = sf.read(clip.path, dtype="float32", always_2d=True)
+        x = x.mean(axis=1)
+        stem = clip.path.stem.replace("+", "_")
+        for k in range(cfg.audio_augment + 1):
+            y = x if k == 0 else augment_audio(x, sr, rng)
+            rel = f"audio/{stem}_{k}.wav"
+            sf.write(root / rel, y, sr, subtype="PCM_16")
+            pool[clip.digit].append(rel)
+    return pool
+
+
+def _segments(
+    direction: str, digit: int, pools: dict[str, dict[int, list[str]]], r: random.Random,
+    cfg: CorpusConfig,
+) -> list[dict]:  # fmt: skip
+    """The JSONL segments of one document of ``direction`` about ``digit``."""
+
+    def media(kind: str) -> dict:
+        return {kind: r.choice(pools[kind][digit])}
+
+    def answer(captions: tuple[str, ...]) -> dict:
+        text = fill(r.choice(captions), digit)
+        if r.random() < cfg.question_rate:
+            text = f"{r.choice(QUESTIONS)} {text}"
+        return {"text": text}
+
+    if direction == "mixed":
+        kinds = ["text", "image", "audio"]
+        r.shuffle(kinds)
+        out = []
+        for kind in kinds:
+            if kind == "text":
+                out.append({"text": fill(r.choice(IMAGE_CAPTIONS + AUDIO_CAPTIONS), digit)})
+            else:
+                out.append(media(kind))
+        return out
+    src, dst = direction.split("->")
+    if src == "text":
+        prompts = IMAGE_PROMPTS if dst == "image" else AUDIO_PROMPTS
+        first = {"text": fill(r.choice(prompts), digit)}
+    else:
+        first = media(src)
+    if not cfg.prompt_loss:
+        first["loss"] = False
+    second = answer(IMAGE_CAPTIONS if src == "image" else AUDIO_CAPTIONS) if dst == "text" else (
+        media(dst)
+    )
+    return [first, second]
+
+
+def build_corpus(cfg: CorpusConfig, out: str | Path, progress: bool = False) -> dict:
+    """Write the corpus into ``out`` -> summary dict (also saved as ``out/corpus.json``).
+
+    Files: ``out/documents.jsonl``, ``out/images/*.png``, ``out/audio/*.wav``.
+    """
+    from native_mm.io import atomic_write, write_json
+
+    t0 = time.perf_counter()
+    root = Path(out)
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(cfg.seed)
+    pools = {"image": _image_pool(cfg, root, rng), "audio": _audio_pool(cfg, root, rng)}
+    r = random.Random(cfg.seed)
+    docs = []
+    for direction, count in sorted(cfg.docs.items()):
+        for j in range(int(count)):
+            digit = j % 10  # balanced over the digits
+            segs = _segments(direction, digit, pools, r, cfg)
+            docs.append({"id": f"{direction}:{j}", "segments": segs})
+    r.shuffle(docs)
+    with atomic_write(root / "documents.jsonl", "w") as f:
+        for doc in docs:
+            f.write(json.dumps(doc) + "\n")
+    summary = {
+        "config": dataclasses.asdict(cfg),
+        "documents": len(docs),
+        "per_direction": {k: int(v) for k, v in sorted(cfg.docs.items())},
+        "images": sum(len(v) for v in pools["image"].values()),
+        "clips": sum(len(v) for v in pools["audio"].values()),
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    write_json(root / "corpus.json", summary)
+    if progress:
+        print(
+            f"corpus: {summary['documents']} documents, {summary['images']} images, "
+            f"{summary['clips']} clips -> {root} ({summary['seconds']}s)",
+            flush=True,
+        )
+    return summary
