@@ -12,6 +12,14 @@ import sys
 
 # verb words -> ("module:function", one-line help). Longest match wins.
 VERBS: dict[tuple[str, ...], tuple[str, str]] = {
+    ("run",): (
+        "native_mm.pipeline:main",
+        "the main job: corpus, tokenizers, shards, fit, eval from one recipe (recipes/digits.yaml)",
+    ),
+    ("eval",): (
+        "native_mm.evaluation:main",
+        "held-out accuracy of a checkpoint in all six directions, with image grids and WAVs",
+    ),
     ("tokenizer", "train", "audio"): (
         "native_mm.tokenizers.audio_train:train_main",
         "train the EnCodec audio tokenizer from a spec YAML",

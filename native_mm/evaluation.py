@@ -1,0 +1,429 @@
+"""Held-out evaluation of the digits model in all six directions (``native-mm eval``).
+
+For each direction the model generates with the output modality forced, the output is
+decoded through the tokenizers and judged by something that never saw the model:
+
+    image->text, audio->text    the generated text is read: the first digit word or
+                                numeral in it ("seven", "7") is the answer
+    text->image, audio->image   :class:`native_mm.data.digits.DigitJudge`, an SVM trained
+                                on the ORIGINAL 8x8 train images (image -> 8x8 first)
+    text->audio, image->audio   :class:`native_mm.data.audio_classifier.DigitClassifier`,
+                                log-mel features + logistic regression trained on the
+                                ORIGINAL clips of the training voices
+
+Prompts come from the held-out split only: held-out writers' images and held-out voices'
+clips; text prompts use the training wordings (text has no writers). The judges' own
+accuracy on original held-out media is reported next to the table.
+
+Outputs in ``--out``: ``eval.json``, ``eval.md`` (the table), ``grid_text_to_image.png``
+and ``grid_audio_to_image.png`` (a row per digit), ``wav/`` (a few generated clips).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from native_mm.data.corpus import AUDIO_PROMPTS, DIRECTIONS, IMAGE_PROMPTS, WORDS, fill
+
+_DIGIT_RE = re.compile(r"\b(" + "|".join(WORDS) + r")\b|(\d)", re.IGNORECASE)
+
+
+def parse_digit(text: str) -> int:
+    """The first digit word or numeral in ``text`` -> 0..9, or -1 when there is none."""
+    m = _DIGIT_RE.search(text or "")
+    if m is None:
+        return -1
+    return WORDS.index(m.group(1).lower()) if m.group(1) else int(m.group(2))
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    """How the held-out evaluation generates and judges."""
+
+    max_items: int = 200  # prompts per direction at most (held-out media are cycled/cut)
+    batch_size: int = 50  # prompts generated together
+    image_size: int = 16  # side of the prompt images (the corpus' image_size)
+    audio_levels: int | None = None  # RVQ levels of the model's audio layout (None = all)
+    audio_max_seconds: float = 1.2  # longest audio the model may generate
+    temperature_text: float = 0.0  # 0 = greedy for X->text
+    temperature_media: float = 0.8  # image / audio sampling temperature
+    top_k: int | None = None  # top-k for media sampling (None = all)
+    cfg_scale: float | None = None  # classifier-free guidance for media (None = off)
+    seed: int = 0  # sampling seed
+    n_wavs: int = 2  # generated WAVs saved per digit (text->audio)
+    threads: int = 0  # torch threads (0 = leave torch's default)
+
+
+@dataclasses.dataclass
+class Item:
+    """One prompt of one direction and the digit its answer should show."""
+
+    prompt: list[tuple[str, Any]]  # (kind, value) segments: str, PIL image or Waveform
+    digit: int
+
+
+# ---- held-out material -----------------------------------------------------------------
+def heldout_images(size: int) -> tuple[list[Any], np.ndarray]:
+    """Held-out digit images as PIL (``size`` px) and their labels."""
+    from native_mm.data import digits
+
+    x, y = digits.load("heldout")
+    return [digits.to_pil(im, size) for im in x], y
+
+
+def heldout_clips(root: str | None = None) -> tuple[list[Any], np.ndarray]:
+    """Held-out voices' clips as :class:`Waveform` and their labels."""
+    import soundfile as sf
+
+    from native_mm.data import speech
+    from native_mm.tokenizers.base import Waveform
+
+    clips = speech.read_manifest(root or speech.DEFAULT_DIR, split="heldout")
+    wavs = []
+    for c in clips:
+        x, sr = sf.read(c.path, dtype="float32", always_2d=True)
+        wavs.append(Waveform(x.mean(axis=1)[None], sr))
+    return wavs, np.array([c.digit for c in clips])
+
+
+def _spread(n_total: int, labels: np.ndarray, k: int) -> list[int]:
+    """At most ``k`` indices, balanced over the digits, deterministic."""
+    if k >= n_total:
+        return list(range(n_total))
+    per = {d: list(np.flatnonzero(labels == d)) for d in range(10)}
+    out: list[int] = []
+    i = 0
+    while len(out) < k:
+        for d in range(10):
+            if i < len(per[d]) and len(out) < k:
+                out.append(int(per[d][i]))
+        i += 1
+    return sorted(out)
+
+
+def build_items(cfg: EvalConfig, audio_root: str | None = None) -> dict[str, list[Item]]:
+    """The prompts of every direction (held-out media, training wordings)."""
+    imgs, img_y = heldout_images(cfg.image_size)
+    wavs, wav_y = heldout_clips(audio_root)
+    ii = _spread(len(imgs), img_y, cfg.max_items)
+    aa = _spread(len(wavs), wav_y, cfg.max_items)
+    n_text = cfg.max_items
+    items: dict[str, list[Item]] = {
+        "image->text": [Item([("image", imgs[i])], int(img_y[i])) for i in ii],
+        "audio->text": [Item([("audio", wavs[i])], int(wav_y[i])) for i in aa],
+        "image->audio": [Item([("image", imgs[i])], int(img_y[i])) for i in ii],
+        "audio->image": [Item([("audio", wavs[i])], int(wav_y[i])) for i in aa],
+    }
+    for name, prompts in (("text->image", IMAGE_PROMPTS), ("text->audio", AUDIO_PROMPTS)):
+        items[name] = [
+            Item([("text", fill(prompts[(j // 10) % len(prompts)], j % 10))], j % 10)
+            for j in range(n_text)
+        ]
+    return {d: items[d] for d in DIRECTIONS}
+
+
+# ---- judges ------------------------------------------------------------------------------
+class Judges:
+    """The independent classifiers, trained on original train-split media only."""
+
+    def __init__(self, audio_root: str | None = None) -> None:
+        from native_mm.data import audio_classifier, digits
+
+        self.image = digits.DigitJudge()
+        self.audio = audio_classifier.train_on_manifest(audio_root)
+        self._digits = digits
+
+    def image_labels(self, images: Sequence[Any]) -> np.ndarray:
+        if not images:
+            return np.zeros(0, np.int64)
+        return self.image.predict(np.stack([self._digits.to_8x8(im) for im in images]))
+
+    def audio_labels(self, waves: Sequence[Any]) -> np.ndarray:
+        if not waves:
+            return np.zeros(0, np.int64)
+        return np.array(
+            [self.audio.predict([w.samples.mean(axis=0)], w.sample_rate)[0] for w in waves]
+        )
+
+    def own_accuracy(self, cfg: EvalConfig, audio_root: str | None = None) -> dict[str, float]:
+        """Each judge's accuracy on the ORIGINAL held-out media."""
+        imgs, img_y = heldout_images(cfg.image_size)
+        wavs, wav_y = heldout_clips(audio_root)
+        return {
+            "image_judge_heldout": float((self.image_labels(imgs) == img_y).mean()),
+            "audio_judge_heldout_voices": float((self.audio_labels(wavs) == wav_y).mean()),
+        }
+
+
+def judge(judges: Judges, kind: str, outputs: Sequence[Any]) -> np.ndarray:
+    """Decoded outputs of one kind -> predicted digits (-1 where nothing was produced)."""
+    pred = np.full(len(outputs), -1, np.int64)
+    ok = [i for i, o in enumerate(outputs) if o is not None]
+    got = [outputs[i] for i in ok]
+    if kind == "text":
+        lab = np.array([parse_digit(t) for t in got], np.int64)
+    elif kind == "image":
+        lab = judges.image_labels(got)
+    else:
+        lab = judges.audio_labels(got)
+    pred[ok] = lab
+    return pred
+
+
+# ---- generation --------------------------------------------------------------------------
+GenerateFn = Callable[[str, list[Item]], list[Any]]
+
+
+def model_generator(model: Any, tokenizers: Any, cfg: EvalConfig) -> GenerateFn:
+    """A ``(direction, items) -> decoded outputs`` function over the real model.
+
+    Outputs are ``str`` / ``PIL.Image`` / ``Waveform``, or ``None`` when the row did not
+    produce a span of the forced modality.
+    """
+    import torch
+
+    from native_mm import generation as gen
+    from native_mm.sequence import SequenceCodec, Span
+    from native_mm.vocab import BOS, UNCOND
+
+    # Adapter: training's conditioning dropout puts <uncond> after <bos> (training/data.py),
+    # so the CFG unconditional stream must be <bos> <uncond> <opener> to match it.
+    gen.UNCOND_PREFIX = (BOS, UNCOND)
+    vocab = tokenizers.vocab
+    codec = SequenceCodec(vocab, audio_levels=cfg.audio_levels)
+    q = codec.audio_levels
+    probe = tokenizers["image"].encode(heldout_images(cfg.image_size)[0][0])
+    grid = tuple(int(s) for s in probe.shape)
+    frame_rate = gen.audio_frames_for(1.0, tokenizers)
+    max_frames = int(round(cfg.audio_max_seconds * frame_rate))
+
+    def encode_prompt(item: Item) -> np.ndarray:
+        spans = [Span(k, tokenizers[k].encode(v)) for k, v in item.prompt]
+        return codec.encode(spans, bos=True, eos=False).ids
+
+    def run(direction: str, items: list[Item]) -> list[Any]:
+        dst = direction.split("->")[1]
+        if dst == "text":
+            out = gen.OutputSpec(modality="text")
+            samp = gen.SamplingConfig(max_new_tokens=24, temperature=cfg.temperature_text,
+                                      seed=cfg.seed)  # fmt: skip
+        elif dst == "image":
+            out = gen.OutputSpec(modality="image", image_size=grid)
+            samp = gen.SamplingConfig(
+                max_new_tokens=grid[0] * grid[1] + 4, temperature=cfg.temperature_media,
+                top_k=cfg.top_k, seed=cfg.seed, cfg_scale=cfg.cfg_scale,
+            )  # fmt: skip
+        else:
+            out = gen.OutputSpec(modality="audio")
+            samp = gen.SamplingConfig(
+                max_new_tokens=max_frames * q + 2, temperature=cfg.temperature_media,
+                top_k=cfg.top_k, seed=cfg.seed, cfg_scale=cfg.cfg_scale,
+            )  # fmt: skip
+        results: list[Any] = []
+        prompts = [encode_prompt(it) for it in items]
+        for s in range(0, len(items), cfg.batch_size):
+            rows = gen.generate_ids(
+                model, prompts[s : s + cfg.batch_size], vocab, out, samp, audio_levels=q
+            )
+            for row in rows:
+                spans = [sp for sp in row.spans if sp.kind == dst]
+                if dst == "text":
+                    text = "".join(tokenizers["text"].decode(sp.codes) for sp in spans)
+                    results.append(text)
+                elif spans and spans[0].codes.size:
+                    results.append(tokenizers[dst].decode(spans[0].codes))
+                else:
+                    results.append(None)
+        return results
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    return run
+
+
+# ---- the table ----------------------------------------------------------------------------
+def evaluate(
+    generate_fn: GenerateFn,
+    items: dict[str, list[Item]],
+    judges: Judges,
+    out: str | Path | None = None,
+    cfg: EvalConfig | None = None,
+    progress: bool = True,
+    extra: dict | None = None,
+) -> dict:
+    """Generate and judge every direction -> result dict (saved in ``out`` if given).
+
+    ``extra`` (e.g. the judges' own accuracy) is merged into the result before saving.
+    """
+    cfg = cfg or EvalConfig()
+    rows: dict[str, dict] = {}
+    samples: dict[str, list[tuple[int, Any]]] = {}
+    for direction, its in items.items():
+        t0 = time.perf_counter()
+        outputs = generate_fn(direction, its)
+        dst = direction.split("->")[1]
+        pred = judge(judges, dst, outputs)
+        truth = np.array([it.digit for it in its])
+        correct = int((pred == truth).sum())
+        rows[direction] = {
+            "accuracy": correct / max(1, len(its)),
+            "correct": correct,
+            "n": len(its),
+            "no_output": int(sum(o is None or o == "" for o in outputs)),
+            "seconds": round(time.perf_counter() - t0, 1),
+            "confusion": _confusion(truth, pred).tolist(),
+        }
+        if dst == "text":
+            rows[direction]["examples"] = [
+                {"digit": int(t), "text": o} for t, o in list(zip(truth, outputs, strict=True))[:10]
+            ]
+        samples[direction] = [(int(t), o) for t, o in zip(truth, outputs, strict=True)]
+        if progress:
+            r = rows[direction]
+            print(
+                f"eval {direction:13s} acc {r['accuracy']:.3f} ({r['correct']}/{r['n']}) "
+                f"{r['seconds']}s",
+                flush=True,
+            )
+    result = {"directions": rows, "config": dataclasses.asdict(cfg), **(extra or {})}
+    if out is not None:
+        save_outputs(result, samples, Path(out), cfg)
+    return result
+
+
+def _confusion(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """``(10, 11)`` counts: row = true digit, column = predicted digit, last = none."""
+    m = np.zeros((10, 11), np.int64)
+    for t, p in zip(truth, pred, strict=True):
+        m[t, p if 0 <= p <= 9 else 10] += 1
+    return m
+
+
+def markdown_table(result: dict) -> str:
+    """The accuracy table (and the judges' own accuracy) as markdown."""
+    lines = ["| direction | held-out accuracy | n | judged by |", "| --- | --- | --- | --- |"]
+    by = {"text": "reading the text", "image": "image digit SVM", "audio": "spoken-digit LR"}
+    rows = result["directions"]
+    for d in [d for d in DIRECTIONS if d in rows]:
+        r = rows[d]
+        lines.append(f"| {d} | {100 * r['accuracy']:.1f}% | {r['n']} | {by[d.split('->')[1]]} |")
+    own = result.get("judges")
+    if own:
+        lines.append("")
+        lines.append("| judge on ORIGINAL held-out media | accuracy |")
+        lines.append("| --- | --- |")
+        for k, v in own.items():
+            lines.append(f"| {k} | {100 * v:.1f}% |")
+    return "\n".join(lines) + "\n"
+
+
+def image_grid(samples: list[tuple[int, Any]], per_digit: int = 10, scale: int = 4) -> Any:
+    """Rows = digits 0-9, columns = the first ``per_digit`` generated images of each."""
+    from PIL import Image
+
+    by: dict[int, list[Any]] = {d: [] for d in range(10)}
+    for d, im in samples:
+        if im is not None and len(by[d]) < per_digit:
+            by[d].append(im.convert("L"))
+    side = max((im.size[0] for v in by.values() for im in v), default=16) * scale
+    grid = Image.new("L", (per_digit * (side + 2), 10 * (side + 2)), 64)
+    for d, ims in by.items():
+        for j, im in enumerate(ims):
+            big = im.resize((side, side), Image.Resampling.NEAREST)
+            grid.paste(big, (j * (side + 2), d * (side + 2)))
+    return grid
+
+
+def save_outputs(
+    result: dict, samples: dict[str, list[tuple[int, Any]]], out: Path, cfg: EvalConfig
+) -> None:
+    """eval.json, eval.md, image grids and a few WAVs."""
+    import soundfile as sf
+
+    from native_mm.io import atomic_write, write_json
+
+    out.mkdir(parents=True, exist_ok=True)
+    files = []
+    for d in ("text->image", "audio->image"):
+        if samples.get(d):
+            name = f"grid_{d.replace('->', '_to_')}.png"
+            image_grid(samples[d]).save(out / name)
+            files.append(name)
+    (out / "wav").mkdir(exist_ok=True)
+    for d in ("text->audio", "image->audio"):
+        count = {k: 0 for k in range(10)}
+        for digit, wav in samples.get(d, []):
+            if wav is not None and count[digit] < cfg.n_wavs:
+                name = f"wav/{d.replace('->', '_to_')}_{WORDS[digit]}_{count[digit]}.wav"
+                sf.write(out / name, wav.samples.mean(axis=0), wav.sample_rate, subtype="PCM_16")
+                files.append(name)
+                count[digit] += 1
+    result["files"] = files
+    write_json(out / "eval.json", result)
+    with atomic_write(out / "eval.md", "w") as f:
+        f.write(markdown_table(result))
+
+
+def main(argv: list[str] | None = None, prog: str = "native-mm eval") -> int:
+    """``native-mm eval --ckpt CKPT --tokenizers DIR --out DIR [options]``."""
+    p = argparse.ArgumentParser(prog=prog, description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("--ckpt", required=True, help="model checkpoint (.ckpt from fit)")
+    p.add_argument("--tokenizers", required=True, help="tokenizer set directory")
+    p.add_argument("--out", required=True, help="directory for eval.json/md, grids, WAVs")
+    p.add_argument("--audio-root", default=None, help="spoken digits dir (default: committed)")
+    for f in dataclasses.fields(EvalConfig):
+        flag = "--" + f.name.replace("_", "-")
+        kind = float if "float" in str(f.type) else int
+        p.add_argument(flag, type=kind, default=None, help=f"EvalConfig.{f.name}")
+    args = p.parse_args(argv)
+    overrides = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(EvalConfig)
+        if getattr(args, f.name) is not None
+    }
+    cfg = EvalConfig(**overrides)
+    result = evaluate_checkpoint(args.ckpt, args.tokenizers, args.out, cfg, args.audio_root)
+    print(markdown_table(result))
+    print(f"saved to {args.out}/eval.json ({result['seconds']}s)", file=sys.stderr)
+    return 0
+
+
+def evaluate_checkpoint(
+    ckpt: str | Path, tokenizers_dir: str | Path, out: str | Path, cfg: EvalConfig,
+    audio_root: str | None = None, progress: bool = True,
+) -> dict:  # fmt: skip
+    """Load the checkpoint and tokenizers, evaluate every direction, save into ``out``."""
+    import torch
+
+    from native_mm.generation import load_checkpoint
+    from native_mm.tokenizers.base import TokenizerSet
+
+    t0 = time.perf_counter()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    tokenizers = TokenizerSet.load(tokenizers_dir)
+    model, _ = load_checkpoint(ckpt, tokenizers)
+    judges = Judges(audio_root)
+    own = judges.own_accuracy(cfg, audio_root)
+    if progress:
+        print(
+            "eval judges on original held-out media: "
+            + ", ".join(f"{k} {v:.3f}" for k, v in own.items()),
+            flush=True,
+        )
+    items = build_items(cfg, audio_root)
+    gen_fn = model_generator(model, tokenizers, cfg)
+    extra = {"judges": own, "checkpoint": str(ckpt), "tokenizers": str(tokenizers_dir)}
+    result = evaluate(gen_fn, items, judges, out=out, cfg=cfg, progress=progress, extra=extra)
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    return result
