@@ -1,0 +1,587 @@
+"""Image tokenizer: a small VQ-GAN (convolutional encoder/decoder + vqp quantizer).
+
+Adapted in spirit from taming-transformers (Esser et al., 2021: ResNet encoder/decoder,
+PatchGAN) and LlamaGen's VQ tokenizer; the quantizer comes from vector-quantize-pytorch
+(``VectorQuantize`` with k-means init, EMA and dead-code replacement, or ``FSQ``/``LFQ``).
+
+Shapes: B batch, C channels, H x W pixels, h x w = H/f x W/f code grid, D latent dim,
+N = h * w codes, K codebook size.
+
+Preprocessing policy (:meth:`ImageTokenizer.prepare`), applied to every image before
+encoding, documented here once:
+
+1. **Mode -> RGB.** ``RGB`` as is; ``L``/``1``/``CMYK``/``YCbCr``/``LAB``/``HSV`` and
+   palette images without transparency through PIL's ``convert("RGB")``; images with
+   alpha (``RGBA``, ``LA``, ``PA``, palette with a transparency key) are composited over
+   white; 16-bit/32-bit (``I;16*``, ``I``) are scaled by 1/257 when their maximum exceeds
+   255, else taken as 8-bit; float ``F`` images are taken as [0, 1] if their maximum is
+   <= 1, else as [0, 255]. Anything else PIL cannot convert is a :class:`MediaError`.
+2. **Scale.** If the longest side exceeds ``max_size`` the image is shrunk (aspect ratio
+   kept) so that it equals ``max_size``; if it is below ``min_size`` the image is enlarged
+   so that it equals ``min_size``; otherwise the scale is 1.
+3. **Snap.** Each side is rounded to the nearest multiple of the factor ``f`` (at least
+   ``f``) by resizing, which changes the aspect ratio by at most ``f/2`` pixels per side.
+   The code grid is ``(H/f, W/f)`` and :meth:`ImageTokenizer.decode` returns an image of
+   exactly ``(W, H)``; the original size is not stored in the codes.
+
+Files larger than ``max_pixels`` (decoded size read from the header, before decoding
+the pixels) are refused as decompression bombs. Use :meth:`ImageTokenizer.encode_anyres`
+for large images: tiles at native resolution plus a down-scaled global view.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from PIL import Image, ImageFile, UnidentifiedImageError
+from torch import nn
+
+from native_mm.tokenizers.base import MediaError, TorchTokenizer
+
+QUANTIZERS = ("vq", "fsq", "lfq")
+ImageLike = str | Path | Image.Image
+
+
+@dataclasses.dataclass
+class ImageConfig:
+    """VQ-GAN architecture, quantizer and preprocessing policy (all JSON-serialisable)."""
+
+    factor: int = 8  # downsampling factor f: 4, 8 or 16 (code grid = H/f x W/f)
+    channels: int = 64  # base width of the first encoder / last decoder stage
+    channel_mult: tuple[int, ...] = (1, 2, 2, 4)  # width multipliers, log2(f) + 1 stages
+    num_res_blocks: int = 1  # residual blocks per stage
+    attention: bool = False  # self-attention block at the lowest resolution
+    z_channels: int = 64  # latent width D fed to the quantizer
+    quantizer: str = "vq"  # "vq" (VectorQuantize), "fsq" or "lfq"
+    codebook_size: int = 512  # K; for fsq it must equal prod(fsq_levels), for lfq a power of 2
+    codebook_dim: int = 16  # vq: low-dimensional code lookup (factorised codes), 0 = D
+    use_cosine_sim: bool = False  # vq: l2-normalised codes and inputs
+    ema_decay: float = 0.9  # vq: EMA decay of the codebook
+    kmeans_init: bool = True  # vq: initialise the codebook by k-means on the first batch
+    dead_code_threshold: float = 1.0  # vq: replace codes whose EMA count falls below this
+    commitment_weight: float = 0.25  # vq/lfq: commitment loss weight (inside the quantizer)
+    fsq_levels: tuple[int, ...] = (8, 8, 8)  # fsq: levels per dimension
+    lfq_entropy_weight: float = 0.1  # lfq: entropy auxiliary loss weight
+    min_size: int = 32  # images whose longest side is smaller are enlarged to it
+    max_size: int = 256  # images whose longest side is larger are shrunk to it
+    max_pixels: int = 64_000_000  # decompression-bomb guard (width * height of the file)
+    resample: str = "bicubic"  # PIL resampling used by the resize policy
+    batch_size: int = 32  # images per forward pass in batch encode/decode
+
+    def __post_init__(self) -> None:
+        self.channel_mult = tuple(int(m) for m in self.channel_mult)
+        self.fsq_levels = tuple(int(v) for v in self.fsq_levels)
+        if self.factor not in (4, 8, 16):
+            raise ValueError(f"factor must be 4, 8 or 16, got {self.factor}")
+        if len(self.channel_mult) != int(math.log2(self.factor)) + 1:
+            raise ValueError(
+                f"channel_mult {self.channel_mult} must have log2(factor) + 1 = "
+                f"{int(math.log2(self.factor)) + 1} entries for factor {self.factor}"
+            )
+        if self.quantizer not in QUANTIZERS:
+            raise ValueError(f"quantizer must be one of {QUANTIZERS}, got {self.quantizer!r}")
+        if self.quantizer == "fsq" and self.codebook_size != math.prod(self.fsq_levels):
+            raise ValueError(
+                f"fsq codebook_size must be prod(fsq_levels) = {math.prod(self.fsq_levels)}, "
+                f"got {self.codebook_size}"
+            )
+        if self.quantizer == "lfq" and self.codebook_size & (self.codebook_size - 1):
+            raise ValueError(f"lfq codebook_size must be a power of 2, got {self.codebook_size}")
+        if self.channels % 8 or self.z_channels < 1:
+            raise ValueError(f"channels must be a multiple of 8, got {self.channels}")
+        if not self.factor <= self.min_size <= self.max_size:
+            raise ValueError(f"need factor <= min_size <= max_size, got {self}")
+        if self.resample not in ("nearest", "bilinear", "bicubic", "lanczos", "box"):
+            raise ValueError(f"unknown resample {self.resample!r}")
+
+
+# ---------------------------------------------------------------- building blocks
+
+
+def _norm(ch: int) -> nn.GroupNorm:
+    return nn.GroupNorm(math.gcd(32, ch), ch, eps=1e-6)
+
+
+class ResBlock(nn.Module):
+    """GroupNorm-SiLU-conv twice with a (1x1 projected) skip connection."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.block = nn.Sequential(
+            _norm(cin), nn.SiLU(), nn.Conv2d(cin, cout, 3, padding=1),
+            _norm(cout), nn.SiLU(), nn.Conv2d(cout, cout, 3, padding=1),
+        )  # fmt: skip
+        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.skip(x) + self.block(x)
+
+
+class AttnBlock(nn.Module):
+    """Single-head self-attention over the h*w positions of a feature map."""
+
+    def __init__(self, ch: int) -> None:
+        super().__init__()
+        self.norm, self.qkv, self.proj = _norm(ch), nn.Conv2d(ch, 3 * ch, 1), nn.Conv2d(ch, ch, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        q, k, v = rearrange(self.qkv(self.norm(x)), "b (t c) h w -> t b 1 (h w) c", t=3)
+        out = F.scaled_dot_product_attention(q, k, v)  # (B, 1, N, C)
+        return x + self.proj(rearrange(out, "b 1 (h w) c -> b c h w", h=h, w=w))
+
+
+class Encoder(nn.Module):
+    """(B, 3, H, W) in [-1, 1] -> (B, D, H/f, W/f)."""
+
+    def __init__(self, cfg: ImageConfig) -> None:
+        super().__init__()
+        chs = [cfg.channels * m for m in cfg.channel_mult]
+        layers: list[nn.Module] = [nn.Conv2d(3, chs[0], 3, padding=1)]
+        cin = chs[0]
+        for i, ch in enumerate(chs):
+            for _ in range(cfg.num_res_blocks):
+                layers.append(ResBlock(cin, ch))
+                cin = ch
+            if i < len(chs) - 1:  # stride-2 conv halves the resolution
+                layers.append(nn.Conv2d(ch, ch, 4, stride=2, padding=1))
+        layers.append(ResBlock(cin, cin))
+        if cfg.attention:
+            layers += [AttnBlock(cin), ResBlock(cin, cin)]
+        layers += [_norm(cin), nn.SiLU(), nn.Conv2d(cin, cfg.z_channels, 3, padding=1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class Decoder(nn.Module):
+    """(B, D, h, w) -> (B, 3, h*f, w*f), unbounded (clamp to [-1, 1] for pixels)."""
+
+    def __init__(self, cfg: ImageConfig) -> None:
+        super().__init__()
+        chs = [cfg.channels * m for m in cfg.channel_mult][::-1]
+        cin = chs[0]
+        layers: list[nn.Module] = [nn.Conv2d(cfg.z_channels, cin, 3, padding=1)]
+        layers.append(ResBlock(cin, cin))
+        if cfg.attention:
+            layers += [AttnBlock(cin), ResBlock(cin, cin)]
+        for i, ch in enumerate(chs):
+            for _ in range(cfg.num_res_blocks):
+                layers.append(ResBlock(cin, ch))
+                cin = ch
+            if i < len(chs) - 1:  # nearest upsample + conv doubles the resolution
+                layers += [
+                    nn.Upsample(scale_factor=2.0, mode="nearest"),
+                    nn.Conv2d(ch, ch, 3, 1, 1),
+                ]
+        layers += [_norm(cin), nn.SiLU()]
+        self.net = nn.Sequential(*layers)
+        self.conv_out = nn.Conv2d(cin, 3, 3, padding=1)  # the adaptive GAN weight uses it
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.conv_out(self.net(z))
+
+
+# ---------------------------------------------------------------- quantizer adapter
+
+
+@dataclasses.dataclass
+class QuantOut:
+    """Quantizer output: ``latents`` (B, N, D), ``indices`` (B, N) int64, ``loss`` scalar."""
+
+    latents: torch.Tensor
+    indices: torch.Tensor
+    loss: torch.Tensor
+
+
+class Quantizer(nn.Module):
+    """One interface over vqp's quantizers.
+
+    vqp's ``VectorQuantize`` returns ``(quantized, indices, loss)`` and decodes with
+    ``get_output_from_indices``; ``FSQ`` returns ``(quantized, indices)`` (int32 indices,
+    no loss) and decodes with ``indices_to_codes``; ``LFQ`` returns a named tuple with an
+    entropy loss and also decodes with ``indices_to_codes``. All take (B, N, D).
+    """
+
+    def __init__(self, cfg: ImageConfig) -> None:
+        super().__init__()
+        from vector_quantize_pytorch import FSQ, LFQ, VectorQuantize
+
+        self.kind, d = cfg.quantizer, cfg.z_channels
+        if self.kind == "vq":
+            self.q = VectorQuantize(
+                dim=d,
+                codebook_size=cfg.codebook_size,
+                codebook_dim=cfg.codebook_dim or None,
+                decay=cfg.ema_decay,
+                kmeans_init=cfg.kmeans_init,
+                threshold_ema_dead_code=cfg.dead_code_threshold,
+                commitment_weight=cfg.commitment_weight,
+                use_cosine_sim=cfg.use_cosine_sim,
+            )
+        elif self.kind == "fsq":
+            self.q = FSQ(levels=list(cfg.fsq_levels), dim=d)
+        else:
+            self.q = LFQ(
+                dim=d,
+                codebook_size=cfg.codebook_size,
+                entropy_loss_weight=cfg.lfq_entropy_weight,
+                commitment_loss_weight=cfg.commitment_weight,
+            )
+
+    @contextlib.contextmanager
+    def _no_kmeans_in_eval(self) -> Any:
+        # vqp runs its k-means init on the first forward even in eval mode, which would
+        # silently change an untrained tokenizer's codebook (and fingerprint) at encode
+        # time; in eval we use the codebook as it is and leave the flag untouched.
+        cb = getattr(self.q, "_codebook", None)
+        flag = getattr(cb, "initted", None)
+        if self.training or flag is None or bool(flag):
+            yield
+            return
+        flag.fill_(True)
+        try:
+            yield
+        finally:
+            flag.fill_(False)
+
+    def forward(self, z: torch.Tensor) -> QuantOut:
+        with self._no_kmeans_in_eval():
+            if self.kind == "vq":
+                latents, indices, loss = self.q(z)
+            elif self.kind == "fsq":
+                latents, indices = self.q(z)
+                loss = z.new_zeros(())
+            else:
+                out = self.q(z)
+                latents, indices, loss = out.quantized, out.indices, out.entropy_aux_loss
+        return QuantOut(latents, indices.long(), loss.reshape(()))
+
+    def decode_indices(self, indices: torch.Tensor) -> torch.Tensor:
+        """(B, N) int64 -> (B, N, D) latents."""
+        if self.kind == "vq":
+            return self.q.get_output_from_indices(indices)
+        return self.q.indices_to_codes(indices)
+
+
+class VQGAN(nn.Module):
+    """Encoder -> quantizer -> decoder (the generator; the discriminator lives in training)."""
+
+    def __init__(self, cfg: ImageConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.encoder, self.quantizer, self.decoder = Encoder(cfg), Quantizer(cfg), Decoder(cfg)
+
+    def encode(self, x: torch.Tensor) -> QuantOut:
+        """(B, 3, H, W) in [-1, 1], H and W multiples of f -> QuantOut with (B, h*w) ids."""
+        f = self.cfg.factor
+        if x.shape[-1] % f or x.shape[-2] % f:
+            raise ValueError(f"image size {tuple(x.shape[-2:])} is not a multiple of {f}")
+        z = rearrange(self.encoder(x), "b d h w -> b (h w) d")
+        return self.quantizer(z)
+
+    def decode_latents(self, latents: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """(B, h*w, D) -> (B, 3, h*f, w*f)."""
+        return self.decoder(rearrange(latents, "b (h w) d -> b d h w", h=h, w=w))
+
+    def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """(B, h, w) int64 -> (B, 3, h*f, w*f) unclamped."""
+        h, w = codes.shape[-2:]
+        latents = self.quantizer.decode_indices(rearrange(codes, "b h w -> b (h w)"))
+        return self.decode_latents(latents, h, w)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, QuantOut]:
+        """(B, 3, H, W) -> reconstruction (B, 3, H, W) and the quantizer output."""
+        f = self.cfg.factor
+        q = self.encode(x)
+        return self.decode_latents(q.latents, x.shape[-2] // f, x.shape[-1] // f), q
+
+
+# ---------------------------------------------------------------- image IO and policy
+
+_RESAMPLE = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+    "box": Image.Resampling.BOX,
+}
+
+
+def open_image(path: str | Path, max_pixels: int = 64_000_000) -> Image.Image:
+    """Open and fully decode an image file; any failure is a MediaError naming the file."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise MediaError(f"{path}: cannot read image file ({e.strerror or e})") from None
+    if size == 0:
+        raise MediaError(f"{path}: empty (zero-byte) image file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                w, h = img.size
+                if w * h > max_pixels:
+                    raise MediaError(
+                        f"{path}: {w}x{h} image exceeds max_pixels={max_pixels} "
+                        "(decompression-bomb guard)"
+                    )
+                img.load()  # decode now so truncated data fails here, not later
+                return img.copy()
+    except MediaError:
+        raise
+    except UnidentifiedImageError:
+        raise MediaError(f"{path}: not a readable image (unknown or corrupt format)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise MediaError(f"{path}: decompression bomb refused ({e})") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise MediaError(f"{path}: corrupt or truncated image ({e})") from None
+
+
+def to_rgb(img: Image.Image, where: str = "<image>") -> Image.Image:
+    """Any PIL mode -> RGB following step 1 of the module's policy."""
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode == "P" and "transparency" in img.info:
+        img, mode = img.convert("RGBA"), "RGBA"
+    if mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    if mode.startswith("I") or mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        if mode == "F":
+            arr = arr * 255.0 if arr.size and arr.max() <= 1.0 else arr
+        elif arr.size and arr.max() > 255:
+            arr = arr / 257.0  # 16-bit full range -> 8-bit
+        gray = Image.fromarray(np.clip(arr, 0, 255).round().astype(np.uint8), mode="L")
+        return gray.convert("RGB")
+    try:
+        return img.convert("RGB")
+    except (ValueError, OSError) as e:
+        raise MediaError(f"{where}: cannot convert mode {mode!r} to RGB ({e})") from None
+
+
+def target_size(width: int, height: int, cfg: ImageConfig) -> tuple[int, int]:
+    """(W, H) after steps 2-3 of the policy: scale into [min_size, max_size], snap to f."""
+    longest = max(width, height)
+    scale = 1.0
+    if longest > cfg.max_size:
+        scale = cfg.max_size / longest
+    elif longest < cfg.min_size:
+        scale = cfg.min_size / longest
+    f = cfg.factor
+
+    def snap(v: float) -> int:
+        return max(f, int(round(v / f)) * f)
+
+    return snap(width * scale), snap(height * scale)
+
+
+def pil_to_tensor(img: Image.Image) -> torch.Tensor:
+    """RGB PIL -> (3, H, W) float32 in [-1, 1]."""
+    arr = np.asarray(img, dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(rearrange(arr, "h w c -> c h w").copy())
+
+
+def tensor_to_pil(x: torch.Tensor) -> Image.Image:
+    """(3, H, W) in [-1, 1] (clamped) -> RGB PIL."""
+    arr = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return Image.fromarray(rearrange(arr, "c h w -> h w c").cpu().numpy(), mode="RGB")
+
+
+@dataclasses.dataclass
+class AnyResCodes:
+    """AnyRes encoding: a global view plus native-resolution tiles, each an image span.
+
+    ``tiles`` are in raster order over a ``rows x cols`` layout; :meth:`spans` lists the
+    global view first, then the tiles, each an ``(h, w)`` code grid.
+    """
+
+    global_view: np.ndarray
+    tiles: list[np.ndarray]
+    rows: int
+    cols: int
+
+    def spans(self) -> list[np.ndarray]:
+        return [self.global_view, *self.tiles]
+
+
+# ---------------------------------------------------------------- the tokenizer
+
+
+class ImageTokenizer(TorchTokenizer):
+    """Images <-> ``(h, w)`` int64 code grids in ``[0, codebook_size)``."""
+
+    modality: ClassVar[str] = "image"
+    config_class: ClassVar[type] = ImageConfig
+
+    def __init__(self, config: ImageConfig | None = None) -> None:
+        super().__init__(config or ImageConfig())
+        self.model = VQGAN(self.config)
+        self.model.eval()
+
+    @property
+    def codebook_size(self) -> int:
+        return self.config.codebook_size
+
+    @property
+    def factor(self) -> int:
+        return self.config.factor
+
+    # -- preprocessing
+
+    def load_rgb(self, media: ImageLike) -> Image.Image:
+        """A path or PIL image -> RGB PIL image (policy step 1), errors name the file."""
+        if isinstance(media, Image.Image):
+            return to_rgb(media)
+        if isinstance(media, (str, Path)):
+            return to_rgb(open_image(media, self.config.max_pixels), where=str(media))
+        raise MediaError(f"cannot encode a {type(media).__name__} as an image")
+
+    def prepare(self, media: ImageLike) -> torch.Tensor:
+        """A path or PIL image -> (3, H, W) in [-1, 1], H and W multiples of the factor."""
+        img = self.load_rgb(media)
+        size = target_size(*img.size, self.config)
+        if size != img.size:
+            img = img.resize(size, _RESAMPLE[self.config.resample])
+        return pil_to_tensor(img)
+
+    # -- encode / decode
+
+    @torch.inference_mode()
+    def encode_tensor(self, x: torch.Tensor) -> np.ndarray:
+        """(B, 3, H, W) in [-1, 1] -> (B, h, w) int64 codes."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            ids = self.model.encode(x.float()).indices
+        finally:
+            self.model.train(was_training)
+        h, w = x.shape[-2] // self.factor, x.shape[-1] // self.factor
+        return rearrange(ids, "b (h w) -> b h w", h=h, w=w).cpu().numpy().astype(np.int64)
+
+    def encode(self, media: ImageLike) -> np.ndarray:
+        """One image (path or PIL) -> ``(h, w)`` int64 codes."""
+        return self.encode_tensor(self.prepare(media)[None])[0]
+
+    def encode_batch(self, media: Sequence[ImageLike]) -> list[np.ndarray]:
+        """Many images of any sizes -> list of ``(h, w)`` codes (same-size images batched)."""
+        tensors = [self.prepare(m) for m in media]
+        out: list[np.ndarray | None] = [None] * len(tensors)
+        by_size: dict[tuple[int, ...], list[int]] = {}
+        for i, t in enumerate(tensors):
+            by_size.setdefault(tuple(t.shape), []).append(i)
+        bs = self.config.batch_size
+        for idx in by_size.values():
+            for s in range(0, len(idx), bs):
+                chunk = idx[s : s + bs]
+                codes = self.encode_tensor(torch.stack([tensors[i] for i in chunk]))
+                for i, c in zip(chunk, codes, strict=True):
+                    out[i] = c
+        return out  # type: ignore[return-value]
+
+    def _check_codes(self, codes: np.ndarray) -> np.ndarray:
+        codes = np.asarray(codes)
+        if codes.ndim != 2 or codes.size == 0:
+            raise ValueError(f"image codes must be a non-empty (h, w) grid, got {codes.shape}")
+        if not np.issubdtype(codes.dtype, np.integer):
+            raise ValueError(f"image codes must be integers, got {codes.dtype}")
+        if codes.min() < 0 or codes.max() >= self.codebook_size:
+            raise ValueError(
+                f"image codes must lie in [0, {self.codebook_size}), "
+                f"got [{codes.min()}, {codes.max()}]"
+            )
+        return codes.astype(np.int64)
+
+    @torch.inference_mode()
+    def decode_tensor(self, codes: np.ndarray) -> torch.Tensor:
+        """(B, h, w) codes -> (B, 3, h*f, w*f) in [-1, 1]."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            x = self.model.decode_codes(torch.from_numpy(np.asarray(codes, np.int64)))
+        finally:
+            self.model.train(was_training)
+        return x.clamp(-1, 1)
+
+    def decode(self, codes: np.ndarray) -> Image.Image:
+        """``(h, w)`` codes -> RGB PIL image of size ``(w*f, h*f)``."""
+        return tensor_to_pil(self.decode_tensor(self._check_codes(codes)[None])[0])
+
+    def decode_batch(self, codes: Sequence[np.ndarray]) -> list[Image.Image]:
+        """Many ``(h, w)`` code grids (any shapes) -> RGB PIL images."""
+        grids = [self._check_codes(c) for c in codes]
+        out: list[Image.Image | None] = [None] * len(grids)
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for i, g in enumerate(grids):
+            by_shape.setdefault(g.shape, []).append(i)
+        bs = self.config.batch_size
+        for idx in by_shape.values():
+            for s in range(0, len(idx), bs):
+                chunk = idx[s : s + bs]
+                x = self.decode_tensor(np.stack([grids[i] for i in chunk]))
+                for i, img in zip(chunk, x, strict=True):
+                    out[i] = tensor_to_pil(img)
+        return out  # type: ignore[return-value]
+
+    # -- AnyRes
+
+    def encode_anyres(self, media: ImageLike, tile: int | None = None) -> AnyResCodes:
+        """A large image -> global view (policy-resized) + native-resolution tiles.
+
+        Args:
+            media: path or PIL image.
+            tile: tile side in pixels (default ``max_size``); edge tiles are smaller and,
+                like every tile, snapped to a multiple of the factor.
+        """
+        img = self.load_rgb(media)
+        tile = tile or self.config.max_size
+        if tile % self.factor:
+            raise ValueError(f"tile {tile} must be a multiple of the factor {self.factor}")
+        w, h = img.size
+        rows, cols = math.ceil(h / tile), math.ceil(w / tile)
+        crops = []
+        for r in range(rows):
+            for c in range(cols):
+                box = (c * tile, r * tile, min(w, (c + 1) * tile), min(h, (r + 1) * tile))
+                crop = img.crop(box)
+                f = self.factor
+                snapped = (max(f, round(crop.width / f) * f), max(f, round(crop.height / f) * f))
+                if snapped != crop.size:
+                    crop = crop.resize(snapped, _RESAMPLE[self.config.resample])
+                crops.append(crop)
+        tensors = [pil_to_tensor(c) for c in crops]
+        tiles = [self.encode_tensor(t[None])[0] for t in tensors]
+        return AnyResCodes(self.encode(img), tiles, rows, cols)
+
+    def decode_anyres(self, codes: AnyResCodes) -> Image.Image:
+        """Stitch decoded tiles back together (the global view is not needed)."""
+        imgs = self.decode_batch(codes.tiles)
+        widths = [imgs[c].width for c in range(codes.cols)]
+        heights = [imgs[r * codes.cols].height for r in range(codes.rows)]
+        canvas = Image.new("RGB", (sum(widths), sum(heights)))
+        y = 0
+        for r in range(codes.rows):
+            x = 0
+            for c in range(codes.cols):
+                canvas.paste(imgs[r * codes.cols + c], (x, y))
+                x += widths[c]
+            y += heights[r]
+        return canvas
+
+
+ImageFile.LOAD_TRUNCATED_IMAGES = False  # truncated files are errors, never half images
