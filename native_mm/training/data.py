@@ -11,7 +11,7 @@ Document boundaries. Attention is *not* masked across documents inside a packed
 sequence (like GPT/LLaMA pretraining); instead the loss mask handles the boundary:
 
 * target ``t`` is trained on only if ``loss[t]`` is set: prompt/context segments
-  (``"loss": false``), ``<bos>`` and ``<uncond>`` are never targets, so the model is never
+  (``"loss": false``) and ``<bos>`` are never targets, so the model is never
   asked to predict the first token of an unrelated document from the previous one;
 * ``<eos>`` is a target, so the model learns where documents end.
 
@@ -19,10 +19,10 @@ Modality dropout removes a whole ``<boi> ... <eoi>`` (or ``<boa> ... <eoa>``) sp
 probability ``image_dropout`` / ``audio_dropout`` per span.
 
 Conditioning dropout (classifier-free guidance). With probability ``cond_dropout`` per
-image/audio span, the *prompt* of that span -- the tokens between the end of the previous
-image/audio span (or ``<bos>``) and the span's opening marker -- is replaced by a single
-``<uncond>`` token (not a target). The unconditional context at generation time is then
-``<bos> <uncond> <boi>`` (or ``<boa>``), which generation's CFG uses.
+image/audio span, everything before the span's opening marker except ``<bos>`` is
+removed, so the span is trained on as ``<bos> <boi> ...`` (or ``<bos> <boa> ...``): the
+unconditional context that ``native_mm.generation`` uses for CFG (its ``UNCOND_PREFIX``
+is ``<bos>``; ``<uncond>`` is not used). Content after the span is kept.
 
 Resume. The loader's position is ``batches_consumed`` (global batches), kept in the
 DataModule's ``state_dict`` (saved in every Lightning checkpoint). Rank ``r`` of ``W``
@@ -42,7 +42,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from native_mm.training.shards import ShardError, ShardSet
-from native_mm.vocab import BOA, BOI, BOS, EOA, EOI, UNCOND, manifest_digest
+from native_mm.vocab import BOA, BOI, BOS, EOA, EOI, manifest_digest
 
 
 @dataclass
@@ -51,7 +51,7 @@ class DropoutConfig:
 
     image_dropout: float = 0.0  # drop a whole image span with this probability
     audio_dropout: float = 0.0  # drop a whole audio span with this probability
-    cond_dropout: float = 0.0  # replace a media span's prompt with <uncond> (CFG training)
+    cond_dropout: float = 0.0  # drop a media span's whole context -> <bos> <boi>... (CFG)
 
     def active(self) -> bool:
         return bool(self.image_dropout or self.audio_dropout or self.cond_dropout)
@@ -79,12 +79,8 @@ def transform_document(
     spans = _spans(ids)
     if not spans:
         return ids, loss
-    pieces_ids, pieces_loss, pos = [], [], 0
-    prev_end = 1 if len(ids) and ids[0] == BOS else 0
-    if prev_end:
-        pieces_ids.append(ids[:1])
-        pieces_loss.append(loss[:1])
-        pos = 1
+    bos = 1 if len(ids) and ids[0] == BOS else 0
+    pieces_ids, pieces_loss, pos = [ids[:bos]], [loss[:bos]], bos
     for start, stop, kind in spans:
         p_drop = cfg.image_dropout if kind == "image" else cfg.audio_dropout
         drop = rng.random() < p_drop
@@ -92,11 +88,9 @@ def transform_document(
         if drop:
             pieces_ids.append(ids[pos:start])
             pieces_loss.append(loss[pos:start])
-        elif uncond:
-            pieces_ids.append(np.array([UNCOND], dtype=ids.dtype))
-            pieces_loss.append(np.array([False]))
-            pieces_ids.append(ids[start:stop])
-            pieces_loss.append(loss[start:stop])
+        elif uncond:  # <bos> + the span: its whole conditioning context is dropped
+            pieces_ids = [ids[:bos], ids[start:stop]]
+            pieces_loss = [loss[:bos], loss[start:stop]]
         else:
             pieces_ids.append(ids[pos:stop])
             pieces_loss.append(loss[pos:stop])
