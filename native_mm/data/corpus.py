@@ -67,7 +67,7 @@ class CorpusConfig:
     """What goes into the built-in digits corpus."""
 
     seed: int = 0  # every random choice (pairings, wordings, augmentations) follows it
-    image_size: int = 32  # side of the written PNGs (the image tokenizer's input size)
+    image_size: int = 16  # side of the written PNGs (the image tokenizer's input size)
     image_augment: int = 2  # augmented copies per train image (0 = originals only)
     audio_augment: int = 3  # augmented copies per train clip (0 = originals only)
     docs: dict = dataclasses.field(  # documents per direction (plus "mixed")
@@ -211,8 +211,10 @@ def _segments(
         first = media(src)
     if not cfg.prompt_loss:
         first["loss"] = False
-    second = answer(IMAGE_CAPTIONS if src == "image" else AUDIO_CAPTIONS) if dst == "text" else (
-        media(dst)
+    second = (
+        answer(IMAGE_CAPTIONS if src == "image" else AUDIO_CAPTIONS)
+        if dst == "text"
+        else (media(dst))
     )
     return [first, second]
 

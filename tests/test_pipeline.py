@@ -1,0 +1,125 @@
+"""The main job's pipeline, CI-sized: corpus, eval logic and a smoke run of every stage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from native_mm.data import digits, speech
+from native_mm.data.corpus import DIRECTIONS, CorpusConfig, build_corpus
+from native_mm.evaluation import EvalConfig, Item, Judges, build_items, evaluate, parse_digit
+from native_mm.pipeline import STAGES, Pipeline, load_recipe
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPE = REPO / "recipes" / "digits.yaml"
+SMALL = dict(image_augment=1, audio_augment=1, max_images=30, max_clips=20,
+             docs={d: 5 for d in DIRECTIONS} | {"mixed": 3})  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def judges() -> Judges:
+    return Judges()
+
+
+def test_parse_digit() -> None:
+    assert parse_digit("a handwritten seven") == 7
+    assert parse_digit("what digit is this? the digit 3") == 3
+    assert parse_digit("Nine.") == 9
+    assert parse_digit("someone said 4 = four") == 4
+    assert parse_digit("eleven") == -1  # a word containing no digit word as a whole word
+    assert parse_digit("") == -1
+
+
+def test_corpus_is_deterministic_and_train_only(tmp_path: Path) -> None:
+    a = build_corpus(CorpusConfig(**SMALL), tmp_path / "a")
+    build_corpus(CorpusConfig(**SMALL), tmp_path / "b")
+    text_a = (tmp_path / "a" / "documents.jsonl").read_text()
+    assert text_a == (tmp_path / "b" / "documents.jsonl").read_text()
+    assert a["documents"] == 5 * 6 + 3
+    docs = [json.loads(line) for line in text_a.splitlines()]
+    kinds = {tuple(next(iter(s)) for s in d["segments"]) for d in docs}
+    assert ("text", "image") in kinds and ("audio", "image") in kinds
+    # every image in the corpus comes from the train split, never from the held-out writers
+    from PIL import Image
+
+    train, _ = digits.load("train")
+    held, _ = digits.load("heldout")
+    train_px = {digits.to_pil(x, 16).tobytes() for x in train[:30]}
+    held_px = {digits.to_pil(x, 16).tobytes() for x in held}
+    originals = sorted((tmp_path / "a" / "images").glob("*_0.png"))
+    assert len(originals) == 30
+    for p in originals:
+        px = Image.open(p).tobytes()
+        assert px in train_px and px not in held_px
+    held_voices = {c.voice.replace("+", "_") for c in speech.read_manifest(split="heldout")}
+    for p in (tmp_path / "a" / "audio").glob("*.wav"):
+        assert p.stem.rsplit("_", 2)[0] not in held_voices
+
+
+def _oracle(shift: int):
+    """A fake model answering digit + shift with ORIGINAL held-out media."""
+    from native_mm.evaluation import heldout_clips, heldout_images
+
+    imgs, iy = heldout_images(16)
+    wavs, wy = heldout_clips()
+
+    def run(direction: str, items: list[Item]) -> list:
+        dst = direction.split("->")[1]
+        out = []
+        for it in items:
+            d = (it.digit + shift) % 10
+            if dst == "text":
+                out.append(f"the digit {d}")
+            elif dst == "image":
+                out.append(imgs[int(np.flatnonzero(iy == d)[0])])
+            else:
+                out.append(wavs[int(np.flatnonzero(wy == d)[3])])
+        return out
+
+    return run
+
+
+def test_eval_table_tells_right_from_wrong(judges: Judges, tmp_path: Path) -> None:
+    cfg = EvalConfig(max_items=20, image_size=16)
+    items = build_items(cfg)
+    assert list(items) == list(DIRECTIONS)
+    assert all(len(v) == 20 for v in items.values())
+    good = evaluate(_oracle(0), items, judges, out=tmp_path, cfg=cfg, progress=False)
+    bad = evaluate(_oracle(1), items, judges, cfg=cfg, progress=False)
+    for d in DIRECTIONS:
+        assert good["directions"][d]["accuracy"] >= 0.9, d
+        assert bad["directions"][d]["accuracy"] <= 0.2, d
+    table = (tmp_path / "eval.md").read_text()
+    assert all(f"| {d} |" in table for d in DIRECTIONS)
+    assert (tmp_path / "grid_text_to_image.png").is_file()
+    assert list((tmp_path / "wav").glob("text_to_audio_*.wav"))
+
+
+def test_smoke_pipeline_every_stage(tmp_path: Path) -> None:
+    recipe = load_recipe(RECIPE, smoke=True)
+    out = tmp_path / "run"
+    report = Pipeline(recipe, out, log=lambda *a, **k: None).run()
+    assert [s["name"] for s in report["stages"]] == list(STAGES)
+    assert all(s["status"] == "ran" for s in report["stages"])
+    for path in (
+        "corpus/documents.jsonl",
+        "tokenizers/text/config.json",
+        "tokenizers/image/weights.pt",
+        "tokenizers/audio/weights.pt",
+        "tokenizers/set/manifest.json",
+        "shards/manifest.json",
+        "lm/checkpoints/last.ckpt",
+        "eval/eval.json",
+        "eval/eval.md",
+        "report.md",
+    ):
+        assert (out / path).is_file(), path
+    result = json.loads((out / "eval" / "eval.json").read_text())
+    assert sorted(result["directions"]) == sorted(DIRECTIONS)
+    assert set(report["eval"]) == set(DIRECTIONS)
+    # a second run finds every artifact and skips every stage
+    again = Pipeline(recipe, out, log=lambda *a, **k: None).run()
+    assert all(s["status"] == "skipped" for s in again["stages"])
