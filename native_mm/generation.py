@@ -370,7 +370,7 @@ def stream_ids(
             f"{n_steps} fit (max_new_tokens={sampling.max_new_tokens}, block_size={block}, "
             f"longest prompt {idx.shape[1]})"
         )
-    device = model.lm_head.weight.device
+    device = model.wte.weight.device
     idx, pad = idx.to(device), pad.to(device)
     con.state_after(prompts)
     gen = None

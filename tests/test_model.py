@@ -43,10 +43,10 @@ def test_gradient_causality(overrides: dict) -> None:
     emb = model.wte(idx).detach().requires_grad_(True)
     # Feed embeddings directly so the gradient w.r.t. every input position is visible.
     x = emb
-    cos, sin = model.rope_cos[None, None, :16], model.rope_sin[None, None, :16]
+    freqs = model.rope(slice(0, 16))
     for block in model.blocks:
-        x = block(x, cos, sin, None)
-    logits = model.lm_head(model.norm(x))
+        x = block(x, freqs, None)
+    logits = model._logits(x)
     t = 7
     logits[:, t].sum().backward()
     grad = emb.grad.abs().sum(dim=(0, 2))  # (T,)
