@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from native_mm.tokenizers.image_train import (
     ssim,
 )
 
+SPEC = str(Path(__file__).resolve().parents[1] / "tokenizers" / "image" / "digits.yaml")
 TINY = dict(
     factor=4, channels=8, channel_mult=(1, 1, 2), z_channels=8, codebook_size=32,
     codebook_dim=4, min_size=8, max_size=64, batch_size=4,
@@ -273,7 +275,7 @@ def test_digits_split_is_fixed() -> None:
 def test_train_cli_resume_and_eval(tmp_path) -> None:
     out = tmp_path / "run"
     args = [
-        "tokenizer", "train", "image", "--config", "tokenizers/image/digits.yaml",
+        "tokenizer", "train", "image", "--config", SPEC,
         "--out", str(out), "model.channels=8", "model.channel_mult=[1,1,1]",
         "model.z_channels=8", "model.codebook_size=32", "batch_size=16",
         "disc_start=2", "sample_every=2", "trainer.log_every=1", "trainer.checkpoint_every=2",
@@ -306,7 +308,7 @@ def test_train_cli_resume_and_eval(tmp_path) -> None:
 
 def test_train_cli_rejects_bad_spec(tmp_path, capsys) -> None:
     rc = cli_main(
-        ["tokenizer", "train", "image", "--config", "tokenizers/image/digits.yaml",
+        ["tokenizer", "train", "image", "--config", SPEC,
          "--out", str(tmp_path), "bogus_key=1"]
     )  # fmt: skip
     assert rc == 1 and "bogus_key" in capsys.readouterr().err
