@@ -233,14 +233,24 @@ class DecodeConstraint:
         grid sizes are limited so that h*w codes and ``<eoi>`` fit, and audio stops at a
         frame boundary when another frame and ``<eoa>`` would not fit.
         """
-        s, spec = self.state, self.spec
-        mask = self.base[s].clone()  # (B, width)
+        s = self.state
+        mask = self.base[s]  # (B, width), a copy; every base row holds valid ids only
+        present = set(s.unique().tolist())  # skip the work of states no row is in
         text = s == TEXT_STATE
-        if budget < self.min_image_span:
+        if TEXT_STATE in present and budget < self.min_image_span:
             mask[text, BOI] = False
-        if budget < self.min_audio_span:
+        if TEXT_STATE in present and budget < self.min_audio_span:
             mask[text, BOA] = False
-        # Image grid tokens: height so that w-token, >= h codes and <eoi> fit, then width.
+        if present & {IMG_H, IMG_W, IMG_CODES}:
+            self._image_rows(mask, budget)
+        if AUDIO_STATE in present:
+            self._audio_rows(mask, budget)
+        return mask
+
+    def _image_rows(self, mask: Tensor, budget: int) -> None:
+        """Grid tokens for rows after ``<boi>``; ``<eoi>`` only once h*w codes are out."""
+        s, spec = self.state, self.spec
+        # Height so that the w token, >= h codes and <eoi> fit, then width so h*w fit.
         gv = torch.arange(1, self.n_grid + 1)  # (G,)
         if spec.image_size:
             h_ok = (gv == spec.image_size[0]).expand(len(s), -1)
@@ -254,22 +264,22 @@ class DecodeConstraint:
         full = (s == IMG_CODES) & (self.count >= self.target)
         mask[full] = False
         mask[full, EOI] = True
-        # Audio: the level of position i is i mod Q; <eoa> only at a frame boundary.
-        aud = s == AUDIO_STATE
-        if self.q:
-            level = self.count % self.q
-            mask |= self.levels[level] & aud[:, None]
-            boundary = aud & (level == 0)
-            if spec.audio_frames:
-                at_end = boundary & (self.count >= spec.audio_frames * self.q)
-                mask[at_end] = False
-                mask[at_end, EOA] = True
-            else:
-                mask[boundary & (self.count > 0), EOA] = True
-                if budget < self.q + 1:  # another frame and <eoa> would not fit
-                    mask[boundary] = False
-                    mask[boundary, EOA] = True
-        return mask & self.valid
+
+    def _audio_rows(self, mask: Tensor, budget: int) -> None:
+        """The level of audio position i is i mod Q; ``<eoa>`` only at a frame boundary."""
+        aud, spec = self.state == AUDIO_STATE, self.spec
+        level = self.count % self.q
+        mask |= self.levels[level] & aud[:, None]
+        boundary = aud & (level == 0)
+        if spec.audio_frames:
+            at_end = boundary & (self.count >= spec.audio_frames * self.q)
+            mask[at_end] = False
+            mask[at_end, EOA] = True
+        else:
+            mask[boundary & (self.count > 0), EOA] = True
+            if budget < self.q + 1:  # another frame and <eoa> would not fit
+                mask[boundary] = False
+                mask[boundary, EOA] = True
 
     def state_after(self, prompts: list[Tensor]) -> None:
         """Feed left-aligned prompts (list of ``(L_b,)``) through :meth:`advance`."""
@@ -398,8 +408,9 @@ def stream_ids(
             mask = con.allowed(n_steps - step).to(device)
         else:  # any valid id; the state machine still tracks spans for streaming
             mask = con.valid.expand(b, -1).to(device, copy=True)
-        mask[finished.to(device)] = False
-        mask[finished.to(device), PAD] = True
+        if bool(finished.any()):
+            mask[finished.to(device)] = False
+            mask[finished.to(device), PAD] = True
         tok = sample_next(logits.masked_fill(~mask, float("-inf")), sampling, gen).cpu()
         tok[finished] = PAD
         was_active, prev_state = ~finished, con.state.clone()
