@@ -84,7 +84,7 @@ class Runner:
         self.losses: list[float] = []
 
     def logits(self, idx: torch.Tensor) -> torch.Tensor:
-        if self.name == "native-mm":
+        if self.name.startswith("native-mm"):
             return self.model(idx)
         return self.model(input_ids=idx, use_cache=False).logits
 
@@ -114,6 +114,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--precision", choices=["32-true", "bf16-mixed"], default="32-true")
     p.add_argument("--skip-hf", action="store_true", help="native-mm only")
+    p.add_argument("--compile", action="store_true", help="also time native-mm compiled")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -122,6 +123,11 @@ def main() -> None:
     peak = matmul_peak(args.threads)
     bf16 = args.precision == "bf16-mixed"
     runners = [Runner("native-mm", build_native(cfg), cfg, args.batch, bf16)]
+    if args.compile:
+        compiled = build_native(cfg)
+        compiled.load_state_dict(runners[0].model.state_dict())
+        compiled.compile()
+        runners.append(Runner("native-mm-compiled", compiled, cfg, args.batch, bf16))
     if not args.skip_hf:
         runners.append(Runner("hf-chameleon", build_chameleon(cfg), cfg, args.batch, bf16))
     flops_tok = Transformer.flops_per_token(runners[0].model, args.seq)
@@ -135,8 +141,14 @@ def main() -> None:
             r.step()
     result = {
         "precision": args.precision,
-        "shape": {"d_model": args.d_model, "layers": args.layers, "heads": args.heads,
-                  "vocab": args.vocab, "seq": args.seq, "batch": args.batch},  # fmt: skip
+        "shape": {
+            "d_model": args.d_model,
+            "layers": args.layers,
+            "heads": args.heads,
+            "vocab": args.vocab,
+            "seq": args.seq,
+            "batch": args.batch,
+        },  # fmt: skip
         "threads": args.threads,
         "matmul_peak_gflops": round(peak / 1e9, 2),
         "train_gflop_per_token": round(flops_tok / 1e9, 4),
@@ -153,10 +165,11 @@ def main() -> None:
             "fraction_of_peak": round(tps * flops_tok / peak, 3),
             "loss_first_last": [round(r.losses[0], 3), round(r.losses[-1], 3)],
         }
-    if len(runners) == 2:
-        result["speedup_tokens_per_s"] = round(
-            result["native-mm"]["tokens_per_s"] / result["hf-chameleon"]["tokens_per_s"], 3
-        )
+    if "hf-chameleon" in result:
+        for r in runners[:-1]:
+            result[f"speedup_{r.name}_vs_hf"] = round(
+                result[r.name]["tokens_per_s"] / result["hf-chameleon"]["tokens_per_s"], 3
+            )
     print(json.dumps(result))
 
 

@@ -190,6 +190,17 @@ class ResumableBatchSampler(Sampler[list[int]]):
             yield list(range(base, base + self.local_batch))
 
 
+class ShardLoader(DataLoader):
+    """A DataLoader that tells Lightning it is resumable: the position lives in the sampler,
+    restored from :meth:`ShardDataModule.load_state_dict` before the loader is built."""
+
+    def state_dict(self) -> dict:
+        return {"batch_sampler": type(self.batch_sampler).__name__}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
 @dataclass
 class SourceSpec:
     """One shard directory of the mixture."""
@@ -275,7 +286,7 @@ class ShardDataModule(L.LightningDataModule):
             )
 
     def _loader(self, dataset: Dataset, sampler: Sampler) -> DataLoader:
-        return DataLoader(
+        return ShardLoader(
             dataset,
             batch_sampler=sampler,
             num_workers=self.num_workers,

@@ -68,6 +68,7 @@ class LanguageModule(L.LightningModule):
         z_loss: z-loss coefficient (0 = off).
         modality_weights: per-modality loss weights by name (special/text/image/audio).
         peak_flops: peak FLOP/s of ONE device, for the MFU estimate.
+        compile: ``torch.compile`` the transformer (in place: checkpoint keys unchanged).
     """
 
     def __init__(
@@ -84,6 +85,7 @@ class LanguageModule(L.LightningModule):
         z_loss: float = 0.0,
         modality_weights: dict[str, float] | None = None,
         peak_flops: float = 1e12,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         arch = arch if arch is not None else ModelConfig()
@@ -112,6 +114,8 @@ class LanguageModule(L.LightningModule):
         """Build the transformer (under the strategy's init context, e.g. FSDP's)."""
         if self.model is None:
             self.model = Transformer(self.config)
+            if self.hparams.compile:
+                self.model.compile()
 
     def on_fit_start(self) -> None:
         m, t = self.model, self.config.block_size
