@@ -167,7 +167,7 @@ class DecodeConstraint:
             raise GenerationError(
                 f"image_size {spec.image_size} exceeds the vocabulary's grid limit {self.n_grid}"
             )
-        if spec.image_size and not v.image_codes:
+        if (spec.image_size or spec.modality == "image") and not v.image_codes:
             raise GenerationError("image output requested but the vocabulary has no image range")
         if (spec.audio_frames or spec.modality == "audio") and not self.q:
             raise GenerationError("audio output requested but the vocabulary has no audio range")

@@ -347,6 +347,9 @@ def test_bad_prompts_give_clear_errors(model, mm_model, tokenizers, tmp_path) ->
                      SamplingConfig(max_new_tokens=10))  # fmt: skip
     with pytest.raises(GenerationError, match="output modality"):
         OutputSpec("video")
+    text_only = Vocab(text_size=50)
+    with pytest.raises(GenerationError, match="no image range"):
+        generate_ids(_model(text_only.size), [[BOS]], text_only, OutputSpec("image"))
     with pytest.raises(GenerationError, match="top_p"):
         SamplingConfig(top_p=1.5)
     with pytest.raises(GenerationError, match="wrong tokenizer set"):
