@@ -30,6 +30,16 @@ TINY = dict(
 )  # fmt: skip
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # tiny convs gain nothing from a second thread, and on a shared 2-core machine
+    # intra-op threads spinning against other processes make them 10x slower
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def tiny(**kw) -> ImageTokenizer:
     torch.manual_seed(0)
     return ImageTokenizer(ImageConfig(**{**TINY, **kw}))
