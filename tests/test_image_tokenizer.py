@@ -322,3 +322,36 @@ def test_train_cli_rejects_bad_spec(tmp_path, capsys) -> None:
          "--out", str(tmp_path), "bogus_key=1"]
     )  # fmt: skip
     assert rc == 1 and "bogus_key" in capsys.readouterr().err
+
+
+def test_folder_and_jsonl_training_data(tmp_path) -> None:
+    from native_mm.tokenizers.image_train import build_dataset, image_paths
+
+    folder = tmp_path / "imgs"
+    (folder / "sub").mkdir(parents=True)
+    rand_image(40, 24, 1).convert("RGBA").save(folder / "a.png")
+    rand_image(20, 30, 2).convert("P").save(folder / "sub" / "b.gif")
+    rand_image(50, 50, 3).save(folder / "c.jpg")
+    (folder / "notes.txt").write_text("not an image")
+    spec = ImageTrainSpec(model=ImageConfig(**TINY), resolution=16)
+    ds = build_dataset(spec, str(folder), train=True)
+    assert len(ds) == 3 and all(ds[i].shape == (3, 16, 16) for i in range(3))
+    val = build_dataset(spec, str(folder), train=False)
+    assert torch.equal(val[0], val[0])  # centre crops are deterministic
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text(
+        json.dumps({"id": "d1", "segments": [{"text": "a"}, {"image": "imgs/a.png"}]})
+        + "\n"
+        + json.dumps({"id": "d2", "segments": [{"image": "imgs/c.jpg"}]})
+        + "\n"
+    )
+    assert [p.name for p in image_paths(docs)] == ["a.png", "c.jpg"]
+    assert build_dataset(spec, str(docs), train=True)[1].shape == (3, 16, 16)
+    (folder / "bad.png").write_bytes(b"")
+    with pytest.raises(MediaError, match="bad.png"):
+        build_dataset(spec, str(folder), train=False)[1]  # sorted: a.png, bad.png, ...
+    with pytest.raises(ValueError, match="not an image folder"):
+        build_dataset(spec, str(tmp_path / "missing"), train=True)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no images"):
+        build_dataset(spec, str(tmp_path / "empty"), train=True)
