@@ -115,6 +115,7 @@ def main() -> None:
     p.add_argument("--precision", choices=["32-true", "bf16-mixed"], default="32-true")
     p.add_argument("--skip-hf", action="store_true", help="native-mm only")
     p.add_argument("--compile", action="store_true", help="also time native-mm compiled")
+    p.add_argument("--compile-mode", default=None, help="torch.compile mode (e.g. max-autotune)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -126,7 +127,7 @@ def main() -> None:
     if args.compile:
         compiled = build_native(cfg)
         compiled.load_state_dict(runners[0].model.state_dict())
-        compiled.compile()
+        compiled.compile(mode=args.compile_mode)
         runners.append(Runner("native-mm-compiled", compiled, cfg, args.batch, bf16))
     if not args.skip_hf:
         runners.append(Runner("hf-chameleon", build_chameleon(cfg), cfg, args.batch, bf16))

@@ -155,6 +155,8 @@ def _init_worker(tokenizers: Any, audio_levels: int | None) -> None:
 
     if not isinstance(tokenizers, TokenizerSet):
         tokenizers = TokenizerSet.load(tokenizers)
+    if "torch" in sys.modules:  # one intra-op thread per worker: the workers are the parallelism
+        sys.modules["torch"].set_num_threads(1)
     _WORKER["tokenizers"] = tokenizers
     _WORKER["codec"] = SequenceCodec(tokenizers.vocab, audio_levels=audio_levels)
 
