@@ -397,6 +397,7 @@ class SampleGrid(L.Callback):
 def make_grid(originals: torch.Tensor, recons: torch.Tensor, per_row: int = 8) -> Image.Image:
     """(B, 3, H, W) originals and reconstructions -> a PNG-ready grid, pairs of rows."""
     b, _, h, w = originals.shape
+    per_row = min(per_row, b)
     rows = math.ceil(b / per_row)
     scale = max(1, 64 // max(h, w))  # tiny digits are shown enlarged (nearest)
     grid = Image.new("RGB", (per_row * w * scale, 2 * rows * h * scale), (255, 255, 255))
