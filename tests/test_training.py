@@ -247,3 +247,13 @@ def test_checkpoint_with_other_tokenizer_set_is_an_error(shards, tmp_path):
     )
     with pytest.raises(VocabError, match="ffffffffffff"):
         _fit(fit_args(tmp_path / "other", tmp_path / "b", 4, "--ckpt_path", str(ckpt)))
+
+
+def test_fit_on_interleaved_shards_logs_per_modality_and_throughput(mm_shards, tmp_path):
+    out = tmp_path / "mm"
+    _fit(fit_args(mm_shards, out, 3, "--data.dropout.image_dropout", "0.2",
+                  "--data.dropout.cond_dropout", "0.2", "--model.z_loss", "1e-4"))  # fmt: skip
+    for key in ("train/loss_text", "train/loss_image", "train/acc_audio", "perf/tokens_per_s",
+                "perf/mfu"):  # fmt: skip
+        assert step_losses(out, key), key
+    assert list(out.glob("**/config.yaml"))  # the resolved config is saved with the run
