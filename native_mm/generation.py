@@ -745,7 +745,13 @@ def main(argv: list[str] | None = None, prog: str = "native-mm generate") -> int
     p.add_argument("--ckpt", required=True, help="model checkpoint (.ckpt from fit, or plain)")
     p.add_argument("--tokenizers", required=True, help="tokenizer set directory")
     for kind in ("text", "image", "audio"):
-        p.add_argument(f"--{kind}", dest=kind, action=_Segment, help=f"a {kind} prompt segment")
+        what = "the text" if kind == "text" else f"path of an {kind} file"
+        p.add_argument(
+            f"--{kind}",
+            dest=kind,
+            action=_Segment,
+            help=f"prompt segment: {what} (repeatable, kept in order)",
+        )
     p.add_argument("--output-modality", choices=["text", "image", "audio", "any"], default="any")
     p.add_argument("--image-size", type=_parse_size, help="force the image grid, HxW codes")
     p.add_argument("--max-image-grid", type=int, help="largest grid side the model may pick")
