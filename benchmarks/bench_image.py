@@ -91,8 +91,8 @@ def main() -> None:
     for r in results:
         print(
             f"| {r['input']} | {r['tokenizer']} | {r['threads']} | {r['batch']} | "
-            f"{r['grid'][0]}x{r['grid'][1]} | {r['encode_images_per_s']:.0f} | "
-            f"{r['decode_images_per_s']:.0f} | {r['encode_single_ms']:.1f} |"
+            f"{r['grid'][0]}x{r['grid'][1]} | {r['encode_images_per_s']:.1f} | "
+            f"{r['decode_images_per_s']:.1f} | {r['encode_single_ms']:.1f} |"
         )
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n")

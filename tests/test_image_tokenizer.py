@@ -355,3 +355,12 @@ def test_folder_and_jsonl_training_data(tmp_path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no images"):
         build_dataset(spec, str(tmp_path / "empty"), train=True)
+
+
+@pytest.mark.parametrize("factor,mult", [(8, (1, 1, 2, 2)), (16, (1, 1, 1, 2, 2))])
+def test_factors_and_attention(factor: int, mult: tuple[int, ...]) -> None:
+    t = tiny(factor=factor, channel_mult=mult, attention=True, min_size=16, max_size=96)
+    codes = t.encode(rand_image(70, 40))
+    th, tw = target_size(70, 40, t.config)[::-1]
+    assert codes.shape == (th // factor, tw // factor)
+    assert t.decode(codes).size == (tw, th)
