@@ -77,7 +77,9 @@ class Runner:
     def __init__(self, name: str, model: torch.nn.Module, cfg: ModelConfig, batch: int, bf16: bool):
         self.name, self.model, self.cfg, self.batch, self.bf16 = name, model, cfg, batch, bf16
         params = [p for p in model.parameters() if p.requires_grad]
-        self.opt = torch.optim.AdamW(params, lr=1e-4)
+        # fused AdamW for both: native-mm's LanguageModule default, and HF Trainer's default
+        # ("adamw_torch_fused") with torch >= 2.8
+        self.opt = torch.optim.AdamW(params, lr=1e-4, fused=True)
         g = torch.Generator().manual_seed(0)
         self.x = torch.randint(0, cfg.vocab_size, (batch, cfg.block_size + 1), generator=g)
         self.times: list[float] = []

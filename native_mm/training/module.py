@@ -69,6 +69,8 @@ class LanguageModule(L.LightningModule):
         modality_weights: per-modality loss weights by name (special/text/image/audio).
         peak_flops: peak FLOP/s of ONE device, for the MFU estimate.
         compile: ``torch.compile`` the transformer (in place: checkpoint keys unchanged).
+        fused_adamw: use the fused AdamW kernel (CPU and CUDA; ~4x faster than foreach on
+            this CPU for 34M parameters).
     """
 
     def __init__(
@@ -86,6 +88,7 @@ class LanguageModule(L.LightningModule):
         modality_weights: dict[str, float] | None = None,
         peak_flops: float = 1e12,
         compile: bool = False,
+        fused_adamw: bool = True,
     ) -> None:
         super().__init__()
         arch = arch if arch is not None else ModelConfig()
@@ -206,6 +209,7 @@ class LanguageModule(L.LightningModule):
             lr=hp.lr,
             betas=tuple(hp.betas),
             eps=hp.eps,
+            fused=hp.get("fused_adamw", True) or None,
         )
         total = hp.decay_steps or max(1, self.trainer.max_steps)
         sched = torch.optim.lr_scheduler.LambdaLR(
