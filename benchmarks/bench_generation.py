@@ -69,6 +69,32 @@ def time_hf(model, prompts, new_tokens: int):
     return dt
 
 
+def linear_layout(cfg: ModelConfig, batch: int, repeats: int) -> tuple[float, float]:
+    """Seconds for one pass over the model's matmul weights: nn.Linear's (out, in) layout
+    (F.linear) vs native-mm's (in, out) layout (x @ W), best of ``repeats``."""
+    import torch.nn.functional as F
+
+    d, f, qkv = cfg.n_embd, cfg.intermediate_size, (cfg.n_head + 2 * cfg.n_kv_head) * cfg.head_size
+    shapes = [(qkv, d), (d, d), (2 * f, d), (d, f)] * cfg.n_layer + [(cfg.padded_vocab_size, d)]
+    w_out_in = [torch.randn(o, i) for o, i in shapes]
+    w_in_out = [w.t().contiguous() for w in w_out_in]
+    xs = [torch.randn(batch, i) for _, i in shapes]
+    best = [float("inf"), float("inf")]
+    with torch.inference_mode():
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for _ in range(10):
+                for x, w in zip(xs, w_out_in, strict=True):
+                    F.linear(x, w)
+            best[0] = min(best[0], (time.perf_counter() - t0) / 10)
+            t0 = time.perf_counter()
+            for _ in range(10):
+                for x, w in zip(xs, w_in_out, strict=True):
+                    x @ w
+            best[1] = min(best[1], (time.perf_counter() - t0) / 10)
+    return best[0], best[1]
+
+
 def report(rows: list, batch: int, engine: str, seconds: float, new_tokens: int) -> None:
     tps = batch * new_tokens / seconds
     rows.append({"batch": batch, "engine": engine, "seconds": seconds, "tokens_per_s": tps})
@@ -84,6 +110,7 @@ def main() -> None:
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     p.add_argument("--no-cache-batches", type=int, nargs="*", default=[1, 8])
     p.add_argument("--no-cache-new-tokens", type=int, help="new tokens of the no-cache runs")
+    p.add_argument("--layout-only", action="store_true", help="only the weight-layout timing")
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -96,7 +123,7 @@ def main() -> None:
     print(f"native-mm params {ours.num_params() / 1e6:.2f}M, HF LM params {n_hf / 1e6:.2f}M")
     print(f"threads {args.threads}, prompt {args.prompt_len}, new tokens {args.new_tokens}")
     rows = []
-    for b in args.batches:
+    for b in [] if args.layout_only else args.batches:
         g = torch.Generator().manual_seed(b)
         prompts = torch.randint(16, vocab.size, (b, args.prompt_len), generator=g)
         prompts[:, 0] = 1  # <bos>
@@ -123,6 +150,12 @@ def main() -> None:
         ratio = best["HF Chameleon generate (cache)"] / best["native-mm cache"]
         print(f"batch {b:2d}  native-mm cache / HF speed-up: {ratio:.2f}x")
         rows.append({"batch": b, "engine": "speedup vs HF", "ratio": ratio})
+    for b in args.batches:
+        a, c = linear_layout(cfg, b, max(args.repeats, 1) * 3)
+        print(f"batch {b:2d}  all matmuls once: F.linear (out,in) {a * 1e3:6.2f} ms, "
+              f"x @ W (in,out) {c * 1e3:6.2f} ms -> {a / c:.2f}x")  # fmt: skip
+        rows.append({"batch": b, "engine": "weight layout", "linear_ms": a * 1e3,
+                     "in_out_ms": c * 1e3})  # fmt: skip
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)

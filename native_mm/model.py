@@ -156,8 +156,8 @@ class Linear(nn.Module):
     """Bias-free linear layer whose weight is stored ``(in, out)``: forward is ``x @ weight``.
 
     With the (out, in) layout of ``nn.Linear``, CPU BLAS takes its transposed-operand path;
-    for the skinny inputs of decoding (one token per row) the plain layout measured ~15-20%
-    faster on this machine at batch 1 and 8 (benchmarks/bench_generation.py).
+    for the skinny inputs of decoding (one token per row) the plain layout measured ~15%
+    faster on this machine at batch 1 and 8 (``bench_generation.py --layout-only``).
     """
 
     def __init__(self, d_in: int, d_out: int) -> None:
