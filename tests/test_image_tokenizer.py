@@ -364,3 +364,21 @@ def test_factors_and_attention(factor: int, mult: tuple[int, ...]) -> None:
     th, tw = target_size(70, 40, t.config)[::-1]
     assert codes.shape == (th // factor, tw // factor)
     assert t.decode(codes).size == (tw, th)
+
+
+def test_layer_norm_codes_do_not_depend_on_image_size(tmp_path) -> None:
+    t = tiny(norm="layer", min_size=8, max_size=256)
+    t.model.train()
+    t.model(torch.rand(8, 3, 32, 32) * 2 - 1)  # k-means init
+    t.model.eval()
+    x = torch.rand(1, 3, 64, 64) * 2 - 1
+    big = t.encode_tensor(x)[0]
+    crop = t.encode_tensor(x[..., :32, :32])[0]
+    # away from the crop border (receptive field) the codes agree exactly
+    np.testing.assert_array_equal(big[:4, :4], crop[:4, :4])
+    t.save(tmp_path / "ln")
+    meta = json.loads((tmp_path / "ln" / "config.json").read_text())
+    meta["config"]["norm"] = "group"  # same shapes, different modules: must not load
+    (tmp_path / "ln" / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(MediaError, match="do not fit"):
+        ImageTokenizer.load(tmp_path / "ln")

@@ -61,6 +61,7 @@ class ImageConfig:
     channel_mult: tuple[int, ...] = (1, 2, 2, 4)  # width multipliers, log2(f) + 1 stages
     num_res_blocks: int = 1  # residual blocks per stage
     attention: bool = False  # self-attention block at the lowest resolution
+    norm: str = "group"  # "group" (GroupNorm, taming) or "layer" (per-pixel, size-independent)
     z_channels: int = 64  # latent width D fed to the quantizer
     quantizer: str = "vq"  # "vq" (VectorQuantize), "fsq" or "lfq"
     codebook_size: int = 512  # K; for fsq it must equal prod(fsq_levels), for lfq a power of 2
@@ -101,6 +102,8 @@ class ImageConfig:
             raise ValueError(f"channels must be a multiple of 8, got {self.channels}")
         if not self.factor <= self.min_size <= self.max_size:
             raise ValueError(f"need factor <= min_size <= max_size, got {self}")
+        if self.norm not in ("group", "layer"):
+            raise ValueError(f"norm must be 'group' or 'layer', got {self.norm!r}")
         if self.resample not in ("nearest", "bilinear", "bicubic", "lanczos", "box"):
             raise ValueError(f"unknown resample {self.resample!r}")
 
@@ -108,18 +111,35 @@ class ImageConfig:
 # ---------------------------------------------------------------- building blocks
 
 
-def _norm(ch: int) -> nn.GroupNorm:
+class ChannelNorm(nn.Module):
+    """LayerNorm over the channels of each pixel: no statistics across space, so a region
+    is normalised the same way whether it is encoded alone or inside a larger image."""
+
+    def __init__(self, ch: int) -> None:
+        super().__init__()
+        self.ln = nn.LayerNorm(ch, eps=1e-6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rearrange(self.ln(rearrange(x, "b c h w -> b h w c")), "b h w c -> b c h w")
+
+
+def _norm(ch: int, kind: str = "group") -> nn.Module:
+    # GroupNorm pools statistics over the whole image, so codes of a region depend on the
+    # image size it sits in (measured: -5 to -17 dB PSNR on 32x32 regions of a 256 px
+    # photo vs the crop alone, for a model trained on 32 px crops); "layer" does not.
+    if kind == "layer":
+        return ChannelNorm(ch)
     return nn.GroupNorm(math.gcd(32, ch), ch, eps=1e-6)
 
 
 class ResBlock(nn.Module):
     """GroupNorm-SiLU-conv twice with a (1x1 projected) skip connection."""
 
-    def __init__(self, cin: int, cout: int) -> None:
+    def __init__(self, cin: int, cout: int, norm: str = "group") -> None:
         super().__init__()
         self.block = nn.Sequential(
-            _norm(cin), nn.SiLU(), nn.Conv2d(cin, cout, 3, padding=1),
-            _norm(cout), nn.SiLU(), nn.Conv2d(cout, cout, 3, padding=1),
+            _norm(cin, norm), nn.SiLU(), nn.Conv2d(cin, cout, 3, padding=1),
+            _norm(cout, norm), nn.SiLU(), nn.Conv2d(cout, cout, 3, padding=1),
         )  # fmt: skip
         self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
 
@@ -130,9 +150,10 @@ class ResBlock(nn.Module):
 class AttnBlock(nn.Module):
     """Single-head self-attention over the h*w positions of a feature map."""
 
-    def __init__(self, ch: int) -> None:
+    def __init__(self, ch: int, norm: str = "group") -> None:
         super().__init__()
-        self.norm, self.qkv, self.proj = _norm(ch), nn.Conv2d(ch, 3 * ch, 1), nn.Conv2d(ch, ch, 1)
+        self.norm, self.qkv = _norm(ch, norm), nn.Conv2d(ch, 3 * ch, 1)
+        self.proj = nn.Conv2d(ch, ch, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
@@ -146,19 +167,20 @@ class Encoder(nn.Module):
 
     def __init__(self, cfg: ImageConfig) -> None:
         super().__init__()
+        n = cfg.norm
         chs = [cfg.channels * m for m in cfg.channel_mult]
         layers: list[nn.Module] = [nn.Conv2d(3, chs[0], 3, padding=1)]
         cin = chs[0]
         for i, ch in enumerate(chs):
             for _ in range(cfg.num_res_blocks):
-                layers.append(ResBlock(cin, ch))
+                layers.append(ResBlock(cin, ch, n))
                 cin = ch
             if i < len(chs) - 1:  # stride-2 conv halves the resolution
                 layers.append(nn.Conv2d(ch, ch, 4, stride=2, padding=1))
-        layers.append(ResBlock(cin, cin))
+        layers.append(ResBlock(cin, cin, n))
         if cfg.attention:
-            layers += [AttnBlock(cin), ResBlock(cin, cin)]
-        layers += [_norm(cin), nn.SiLU(), nn.Conv2d(cin, cfg.z_channels, 3, padding=1)]
+            layers += [AttnBlock(cin, n), ResBlock(cin, cin, n)]
+        layers += [_norm(cin, n), nn.SiLU(), nn.Conv2d(cin, cfg.z_channels, 3, padding=1)]
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -170,22 +192,23 @@ class Decoder(nn.Module):
 
     def __init__(self, cfg: ImageConfig) -> None:
         super().__init__()
+        n = cfg.norm
         chs = [cfg.channels * m for m in cfg.channel_mult][::-1]
         cin = chs[0]
         layers: list[nn.Module] = [nn.Conv2d(cfg.z_channels, cin, 3, padding=1)]
-        layers.append(ResBlock(cin, cin))
+        layers.append(ResBlock(cin, cin, n))
         if cfg.attention:
-            layers += [AttnBlock(cin), ResBlock(cin, cin)]
+            layers += [AttnBlock(cin, n), ResBlock(cin, cin, n)]
         for i, ch in enumerate(chs):
             for _ in range(cfg.num_res_blocks):
-                layers.append(ResBlock(cin, ch))
+                layers.append(ResBlock(cin, ch, n))
                 cin = ch
             if i < len(chs) - 1:  # nearest upsample + conv doubles the resolution
                 layers += [
                     nn.Upsample(scale_factor=2.0, mode="nearest"),
                     nn.Conv2d(ch, ch, 3, 1, 1),
                 ]
-        layers += [_norm(cin), nn.SiLU()]
+        layers += [_norm(cin, n), nn.SiLU()]
         self.net = nn.Sequential(*layers)
         self.conv_out = nn.Conv2d(cin, 3, 3, padding=1)  # the adaptive GAN weight uses it
 
