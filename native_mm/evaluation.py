@@ -193,11 +193,7 @@ def model_generator(model: Any, tokenizers: Any, cfg: EvalConfig) -> GenerateFn:
 
     from native_mm import generation as gen
     from native_mm.sequence import SequenceCodec, Span
-    from native_mm.vocab import BOS, UNCOND
 
-    # Adapter: training's conditioning dropout puts <uncond> after <bos> (training/data.py),
-    # so the CFG unconditional stream must be <bos> <uncond> <opener> to match it.
-    gen.UNCOND_PREFIX = (BOS, UNCOND)
     vocab = tokenizers.vocab
     codec = SequenceCodec(vocab, audio_levels=cfg.audio_levels)
     q = codec.audio_levels

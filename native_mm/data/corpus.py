@@ -71,7 +71,7 @@ class CorpusConfig:
     image_augment: int = 2  # augmented copies per train image (0 = originals only)
     audio_augment: int = 3  # augmented copies per train clip (0 = originals only)
     docs: dict = dataclasses.field(  # documents per direction (plus "mixed")
-        default_factory=lambda: {d: 3000 for d in DIRECTIONS} | {"mixed": 1000}
+        default_factory=lambda: {d: 2000 for d in DIRECTIONS} | {"mixed": 600}
     )
     question_rate: float = 0.2  # share of X->text documents whose answer follows a question
     prompt_loss: bool = True  # False: the prompt segment of direction docs gets "loss": false
