@@ -67,7 +67,7 @@ class AudioConfig:
     levels: int = 0  # bandwidth: RVQ levels used by encode (0 = all n_q)
     kmeans_iters: int = 50  # k-means iterations initialising each codebook on the 1st batch
     ema_decay: float = 0.99  # EMA decay of the codebook updates
-    dead_code_threshold: int = 2  # EMA cluster size below which a code is re-seeded
+    dead_code_threshold: float = 2.0  # EMA uses per batch below which a code is re-seeded
     normalize: bool = False  # scale each chunk to unit RMS before encoding (encodec 48 kHz)
     chunk_seconds: float = 30.0  # long inputs are encoded chunk by chunk (rounded to hops)
     name: str = "custom"  # "encodec_24khz", "encodec_48khz" or a trained model's name

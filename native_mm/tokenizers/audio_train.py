@@ -68,6 +68,8 @@ class AudioLossSpec:
     disc_filters: int = 16  # discriminator width
     disc_n_ffts: list[int] = dataclasses.field(default_factory=lambda: [256, 512, 128])
     quantizer_dropout: float = 0.5  # probability of a random (smaller) RVQ depth per batch
+    init_batches: int = 8  # batches of crops whose latents k-means-initialise the codebooks
+    quant_start: int = 0  # steps trained as a plain autoencoder before the RVQ is switched on
 
 
 @dataclasses.dataclass
@@ -113,10 +115,16 @@ class MultiScaleMel(nn.Module):
 
 
 def mel_loss(mel: MultiScaleMel, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """EnCodec's frequency loss: L1 on mel + L2 on log-mel, averaged over scales."""
+    """Frequency loss: L1 on mel + L1 on log-mel (floored at 1e-4), averaged over scales.
+
+    EnCodec uses L2 on log-mel; with short crops zero-padded to the segment length, L2 on
+    the log of exact silence dominated the loss, so the log term is L1 as in audiocraft's
+    ``MelSpectrogramL1Loss``.
+    """
     total = x.new_zeros(())
     for mx, my in zip(mel(x), mel(y), strict=True):
-        total = total + F.l1_loss(my, mx) + F.mse_loss(torch.log(my + 1e-5), torch.log(mx + 1e-5))
+        log_x, log_y = torch.log(mx.clamp(min=1e-4)), torch.log(my.clamp(min=1e-4))
+        total = total + F.l1_loss(my, mx) + F.l1_loss(log_y, log_x)
     return total / len(mel.mels)
 
 
@@ -262,13 +270,39 @@ def make_module(spec: AudioTrainSpec) -> Any:
             y = self.generator.decoder(q)[..., : x.shape[-1]]
             return y, codes, commit.mean()
 
+        def on_train_start(self) -> None:
+            if self.global_step >= self.spec.loss.quant_start:
+                self.init_codebooks()
+
+        def init_codebooks(self) -> None:
+            # k-means-initialise the codebooks on many crops rather than on the first small
+            # batch (200 frames cannot seed 256 codes); skipped when resuming.
+            vq = self.generator.quantizer.vq
+            if bool(vq.layers[0]._codebook.inited) or self.trainer is None:
+                return
+            loader = self.trainer.train_dataloader
+            ds = loader.dataset if loader is not None else None
+            if ds is None:
+                return
+            n = min(len(ds), self.spec.loss.init_batches * self.spec.data.batch_size)
+            x = torch.stack([ds[i] for i in range(n)]).to(self.device)
+            with torch.no_grad():
+                vq(self.generator.encoder(x))
+
         def training_step(self, x: torch.Tensor, batch_idx: int) -> None:
             opt_g, opt_d = self.optimizers()
             ls = self.spec.loss
             n_q = None
             if random.random() < ls.quantizer_dropout:
                 n_q = random.randint(1, self.spec.model.n_q)
-            y, _, commit = self.reconstruct(x, n_q)
+            if self.global_step < ls.quant_start:
+                # Warm-up as a plain autoencoder: with RVQ from step 0 the decoder learnt to
+                # ignore codes drawn from a random encoder and the latents collapsed.
+                y = self.generator.decoder(self.generator.encoder(x))[..., : x.shape[-1]]
+                commit = x.new_zeros(())
+            else:
+                self.init_codebooks()  # no-op once initialised
+                y, _, commit = self.reconstruct(x, n_q)
             l_time = F.l1_loss(y, x)
             l_mel = mel_loss(self.mel, x, y)
             loss = ls.time_l1 * l_time + ls.mel * l_mel + ls.commitment * commit
@@ -350,6 +384,7 @@ def make_sample_callback(spec: AudioTrainSpec, out_dir: Path) -> Any:
     import lightning as L
 
     files = _sample_files(spec, spec.n_samples)
+    probe = load_clips(_sample_files(spec, 24), spec.model)  # held-out clips for a quick metric
 
     class Samples(L.Callback):
         """Renders samples every ``sample_every`` steps; stops at ``max_minutes``."""
@@ -362,6 +397,23 @@ def make_sample_callback(spec: AudioTrainSpec, out_dir: Path) -> Any:
                 trainer.should_stop = True
             if spec.sample_every and step % spec.sample_every == 0 and step > 0:
                 module.generator.eval()
+                dist = np.mean(
+                    [
+                        mel_distance(
+                            module.mel,
+                            x[None],
+                            torch.from_numpy(
+                                module.tok.reconstruct(
+                                    Waveform(x.numpy(), module.tok.sample_rate)
+                                ).samples
+                            )[None],
+                        )
+                        for x in probe
+                    ]
+                )
+                print(f"step {step}: held-out mel distance {dist:.3f}", flush=True)
+                if trainer.logger is not None:
+                    trainer.logger.log_metrics({"heldout/mel_distance": float(dist)}, step)
                 render_samples(
                     module.tok,
                     files,
