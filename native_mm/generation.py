@@ -394,25 +394,23 @@ def stream_ids(
         seq = idx
         logits = model(seq, padded)[:, -1]
     finished = torch.zeros(b, dtype=torch.bool)
+    alive = torch.arange(b)  # batch rows still in the model's batch (finished ones leave)
     pending = [
         _open_span_tail(p) if con.state[i] != TEXT_STATE else [] for i, p in enumerate(prompts)
     ]
     start_closed = con.closed.clone()
     stop = torch.tensor(sorted(set(output.stop_tokens)), dtype=torch.long)
     for step in range(n_steps):
-        logits = logits.float()
+        logits = logits.float()  # (n, V) for the n alive rows (2n with guidance)
         if cfg_on:
-            cond, uncond = logits[:b], logits[b:]
+            cond, uncond = logits.chunk(2)
             logits = uncond + sampling.cfg_scale * (cond - uncond)
         if output.constrained:
-            mask = con.allowed(n_steps - step).to(device)
+            mask = con.allowed(n_steps - step)[alive].to(device)
         else:  # any valid id; the state machine still tracks spans for streaming
-            mask = con.valid.expand(b, -1).to(device, copy=True)
-        if bool(finished.any()):
-            mask[finished.to(device)] = False
-            mask[finished.to(device), PAD] = True
-        tok = sample_next(logits.masked_fill(~mask, float("-inf")), sampling, gen).cpu()
-        tok[finished] = PAD
+            mask = con.valid.expand(len(alive), -1).to(device, copy=True)
+        tok = torch.full((b,), PAD, dtype=torch.long)
+        tok[alive] = sample_next(logits.masked_fill(~mask, float("-inf")), sampling, gen).cpu()
         was_active, prev_state = ~finished, con.state.clone()
         con.advance(tok, was_active)
         done = torch.isin(tok, stop) & was_active
@@ -425,8 +423,18 @@ def stream_ids(
         yield StepEvent(step, tok, finished.clone(), spans)
         if bool(finished.all()):
             break
-        feed = torch.cat([tok, tok]) if cfg_on else tok
-        feed = feed.to(device)
+        keep = ~finished[alive]
+        if not bool(keep.all()):  # drop finished rows from the batch (and their cache)
+            sel = torch.nonzero(keep).flatten()
+            sel = torch.cat([sel, sel + len(alive)]) if cfg_on else sel
+            alive = alive[keep]
+            if sampling.use_cache:
+                cache.select(sel.to(device))
+            else:
+                seq = seq[sel.to(device)]
+                padded = None if padded is None else padded[sel.to(device)]
+        feed = tok[alive]
+        feed = (torch.cat([feed, feed]) if cfg_on else feed).to(device)
         if sampling.use_cache:
             logits = model.decode_step(feed, cache)
         else:
