@@ -21,6 +21,7 @@ from native_mm.generation import (
     generate_ids,
     load_checkpoint,
     main,
+    sample_next,
     save_checkpoint,
     stream,
 )
@@ -108,6 +109,21 @@ def test_filter_logits_matches_loop_reference(top_k, top_p) -> None:
         kept = set(torch.nonzero(out[b] > float("-inf")).flatten().tolist())
         assert kept == _reference_filter(logits[b].tolist(), top_k, top_p)
         assert int(logits[b].argmax()) in kept
+
+
+def test_sample_frequencies_follow_the_filtered_softmax() -> None:
+    """20000 draws at temperature 0.7 with top-k 4: frequencies match softmax(l / 0.7)
+    renormalised over the 4 best ids (5 sigma), and nothing outside them is drawn."""
+    logits = torch.tensor([2.0, 1.5, 1.0, 0.5, 0.0, -1.0, float("-inf"), 3.0])
+    cfg = SamplingConfig(temperature=0.7, top_k=4)
+    g = torch.Generator().manual_seed(0)
+    draws = sample_next(logits.expand(20000, -1), cfg, g)
+    freq = torch.bincount(draws, minlength=8).double() / 20000
+    keep = torch.tensor([0, 1, 2, 7])
+    want = torch.zeros(8, dtype=torch.float64)
+    want[keep] = (logits[keep].double() / 0.7).softmax(-1)
+    sigma = (want * (1 - want) / 20000).sqrt()
+    assert torch.all((freq - want).abs() <= 5 * sigma + 1e-12), (freq, want)
 
 
 def test_sampling_is_seeded_and_greedy_is_argmax(model) -> None:
