@@ -41,6 +41,7 @@ from torch import Tensor
 
 from native_mm.model import ModelConfig, Transformer
 from native_mm.sequence import SequenceCodec, Span
+from native_mm.tokenizers.base import Waveform
 from native_mm.vocab import BOA, BOI, BOS, EOA, EOI, EOS, PAD, Vocab, check_fingerprints
 
 MODALITY_OPENERS = {"image": BOI, "audio": BOA}
@@ -721,30 +722,36 @@ def _parse_size(text: str) -> tuple[int, int]:
     return h, w
 
 
-def save_outputs(generations: list[Generation], out: str | Path) -> list[Path]:
-    """Write each sample's outputs as ``sample{i}_{k}.txt / .png / .wav``; return paths."""
+def save_media(stem: str | Path, media: Any) -> Path:
+    """Write one decoded output next to ``stem``: ``.txt``, ``.png`` or ``.wav`` by type."""
     import soundfile
 
     from native_mm.io import atomic_write
 
+    if isinstance(media, str):
+        path = Path(f"{stem}.txt")
+        with atomic_write(path, "w") as f:
+            f.write(media)
+    elif isinstance(media, Waveform):
+        path = Path(f"{stem}.wav")
+        with atomic_write(path, "wb") as f:
+            soundfile.write(f, media.samples.T, media.sample_rate, format="WAV")
+    else:  # a PIL image
+        path = Path(f"{stem}.png")
+        with atomic_write(path, "wb") as f:
+            media.save(f, format="PNG")
+    return path
+
+
+def save_outputs(generations: list[Generation], out: str | Path) -> list[Path]:
+    """Write each sample's outputs as ``sample{i}_{k}.txt / .png / .wav``; return paths."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i, g in enumerate(generations):
-        for k, (span, media) in enumerate(zip(g.spans, g.outputs, strict=True)):
-            ext = {"text": "txt", "image": "png", "audio": "wav"}[span.kind]
-            path = out / f"sample{i}_{k}.{ext}"
-            if span.kind == "text":
-                with atomic_write(path, "w") as f:
-                    f.write(media)
-            elif span.kind == "image":
-                with atomic_write(path, "wb") as f:
-                    media.save(f, format="PNG")
-            else:
-                with atomic_write(path, "wb") as f:
-                    soundfile.write(f, media.samples.T, media.sample_rate, format="WAV")
-            paths.append(path)
-    return paths
+    return [
+        save_media(out / f"sample{i}_{k}", media)
+        for i, g in enumerate(generations)
+        for k, media in enumerate(g.outputs)
+    ]
 
 
 def main(argv: list[str] | None = None, prog: str = "native-mm generate") -> int:
@@ -791,7 +798,11 @@ def main(argv: list[str] | None = None, prog: str = "native-mm generate") -> int
         cfg_scale=args.cfg_scale,
     )
     segments = getattr(args, "segments", None) or []
-    gens = generate(model, segments, tokenizers, output, sampling, args.num_samples)
-    for path in save_outputs(gens, args.out):
-        print(path)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    count = [0] * args.num_samples
+    # Streamed: each output file is written (and printed) as soon as its segment finishes.
+    for r, media in stream(model, segments, tokenizers, output, sampling, args.num_samples):
+        print(save_media(out / f"sample{r}_{count[r]}", media), flush=True)
+        count[r] += 1
     return 0

@@ -23,6 +23,7 @@ from native_mm.generation import (
     main,
     sample_next,
     save_checkpoint,
+    save_outputs,
     stream,
 )
 from native_mm.model import ModelConfig, Transformer
@@ -288,9 +289,13 @@ def test_hundred_random_samples_are_well_formed(mm_model, tokenizers, tmp_path, 
         assert {"text", "image", "audio"} <= kinds  # the model chose every modality
 
 
-def test_stream_yields_the_segments_of_generate(mm_model, tokenizers) -> None:
+def test_stream_yields_the_segments_of_generate(mm_model, tokenizers, tmp_path) -> None:
     out, samp = OutputSpec(None, max_image_grid=3), SamplingConfig(max_new_tokens=40, seed=3)
     gens = generate(mm_model, [("text", "one")], tokenizers, out, samp, num_samples=4)
+    paths = save_outputs(gens, tmp_path)
+    ext = {"text": ".txt", "image": ".png", "audio": ".wav"}
+    assert [p.suffix for p in paths] == [ext[s.kind] for g in gens for s in g.spans]
+    assert all(p.stat().st_size > 0 for p in paths)
     streamed: list[list] = [[] for _ in range(4)]
     for r, media in stream(mm_model, [("text", "one")], tokenizers, out, samp, num_samples=4):
         streamed[r].append(media)
