@@ -301,6 +301,7 @@ def test_train_cli_resume_and_eval(tmp_path) -> None:
     header = rows[0].split(",")
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["global_step"] == 4  # checkpoint_every=2
+    assert ckpt["hyper_parameters"]["spec"]["model"]["codebook_size"] == 32
     steps = [int(r.split(",")[header.index("step")]) for r in rows[1:] if r]
     assert min(steps) >= 2  # the log of the second run starts where the checkpoint was
     assert ImageTokenizer.load(out).fingerprint() != first

@@ -291,6 +291,8 @@ class VQGANModule(L.LightningModule):
         super().__init__()
         self.automatic_optimization = False
         self.spec = spec
+        # the checkpoint carries the spec it was trained with (plain dict, YAML-able)
+        self.save_hyperparameters({"spec": dataclasses.asdict(spec)})
         self.vqgan = VQGAN(spec.model)
         self.disc = PatchDiscriminator(spec.disc_layers, spec.disc_channels)
         self.perceptual = (
