@@ -383,3 +383,15 @@ def test_layer_norm_codes_do_not_depend_on_image_size(tmp_path) -> None:
     (tmp_path / "ln" / "config.json").write_text(json.dumps(meta))
     with pytest.raises(MediaError, match="do not fit"):
         ImageTokenizer.load(tmp_path / "ln")
+
+
+@pytest.mark.slow
+def test_shipped_digits_tokenizer_meets_acceptance() -> None:
+    from native_mm.tokenizers.image_train import evaluate
+
+    tok = ImageTokenizer.load(Path(SPEC).parent / "digits")
+    x, y = digits.load("heldout")
+    m = evaluate(tok, [digits.to_pil(a, size=8) for a in x], y)
+    assert m["tokens_per_image"] == 16
+    assert m["accuracy_retention"] >= 0.95
+    assert m["codebook_usage"] >= 0.8 and m["psnr"] > 24
