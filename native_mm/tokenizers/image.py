@@ -27,6 +27,11 @@ encoding, documented here once:
 Files larger than ``max_pixels`` (decoded size read from the header, before decoding
 the pixels) are refused as decompression bombs. Use :meth:`ImageTokenizer.encode_anyres`
 for large images: tiles at native resolution plus a down-scaled global view.
+
+Normalisation: ``norm: group`` (GroupNorm, the taming default) pools statistics over the
+whole image, so a model trained on small crops codes large images worse; ``norm: layer``
+(per-pixel channel LayerNorm) makes a region's codes independent of the image around it
+beyond the receptive field. Prefer ``layer`` when training and inference sizes differ.
 """
 
 from __future__ import annotations
