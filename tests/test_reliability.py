@@ -8,15 +8,9 @@ must name the file or record it is about; no Python traceback may reach the user
 from __future__ import annotations
 
 import json
-import os
-import random
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import numpy as np
+import lightning as L
 import pytest
 import torch
 
@@ -203,3 +197,109 @@ def test_generate_refuses_corrupt_and_foreign_checkpoints(checkpoint, tokenizer_
                   "--text", "hi", "--out", str(tmp_path)])  # fmt: skip
         err = capsys.readouterr().err
         assert rc == 1 and ckpt.name in err and "Traceback" not in err, err
+
+
+# ---- 2. training guards: injected NaN losses and gradients --------------------------------
+class InjectNaN(L.Callback):
+    """Makes the loss (``loss_steps``) or one gradient (``grad_steps``) NaN at given steps.
+
+    The last instance made is ``InjectNaN.last`` (the CLI builds it). Records every
+    parameter before and after each step, so a test can check that the injected steps left
+    the weights unchanged.
+    """
+
+    last: InjectNaN | None = None
+
+    def __init__(self, loss_steps: list[int] | None = None, grad_steps: list[int] | None = None):
+        self.loss_steps, self.grad_steps = set(loss_steps or []), set(grad_steps or [])
+        self.before: dict[int, torch.Tensor] = {}
+        self.after: dict[int, torch.Tensor] = {}
+        self._hook = None
+        InjectNaN.last = self
+
+    @staticmethod
+    def _flat(pl_module) -> torch.Tensor:
+        return torch.cat([p.detach().flatten().clone() for p in pl_module.model.parameters()])
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        step = trainer.global_step
+        self.before[step] = self._flat(pl_module)
+        if step in self.loss_steps:
+            self._hook = pl_module.model.lm_head.register_forward_hook(
+                lambda mod, args, out: out * float("nan")
+            )
+
+    def on_after_backward(self, trainer, pl_module) -> None:
+        if trainer.global_step in self.grad_steps:
+            p = next(p for p in pl_module.model.parameters() if p.grad is not None)
+            p.grad.view(-1)[0] = float("inf")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+        self.after[trainer.global_step - 1] = self._flat(pl_module)
+
+
+@pytest.fixture(scope="module")
+def text_shards_dir(tmp_path_factory) -> Path:
+    from tests.doubles import text_shards
+
+    return text_shards(tmp_path_factory.mktemp("txt") / "shards", n_docs=60)
+
+
+def _fit_injecting(args: list[str], **inject: str) -> tuple[int, InjectNaN]:
+    """``native-mm fit`` through ``cli.main`` with an :class:`InjectNaN` callback."""
+    extra = ["--trainer.callbacks+=tests.test_reliability.InjectNaN"]
+    extra += [f"--trainer.callbacks.{k}={v}" for k, v in inject.items()]
+    InjectNaN.last = None
+    rc = cli([*args, *extra])
+    return rc, InjectNaN.last
+
+
+def test_nonfinite_steps_are_skipped_counted_and_never_checkpointed(text_shards_dir, tmp_path):
+    from tests.doubles import fit_args, step_losses
+
+    out = tmp_path / "run"
+    rc, inject = _fit_injecting(fit_args(text_shards_dir, out, 7), loss_steps="[2]",
+                                grad_steps="[4]")  # fmt: skip
+    assert rc == 0
+    for s in (2, 4):  # the injected steps did not move the weights
+        assert torch.equal(inject.before[s], inject.after[s]), s
+    for s in (1, 3, 5):  # the others did
+        assert not torch.equal(inject.before[s], inject.after[s]), s
+    counts = step_losses(out, "train/nonfinite_steps")
+    assert max(counts.values()) == 2
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["nonfinite_steps"] == 2
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())
+
+
+def test_too_many_nonfinite_steps_stop_the_run_with_a_clear_message(
+    text_shards_dir, tmp_path, capsys
+):
+    from tests.doubles import fit_args
+
+    out = tmp_path / "run"
+    args = fit_args(text_shards_dir, out, 8, "--model.max_nonfinite_steps", "2")
+    assert _fit_injecting(args, loss_steps="[1, 2, 3, 4, 5]")[0] == 1
+    err = capsys.readouterr().err
+    assert "training stopped at step" in err and "max_nonfinite_steps=2" in err
+    assert "Traceback" not in err
+    for ckpt in (out / "checkpoints").glob("*.ckpt"):
+        state = torch.load(ckpt, weights_only=True)["state_dict"]
+        assert all(torch.isfinite(v).all() for v in state.values()), ckpt
+
+
+def test_checkpoint_of_nonfinite_weights_is_refused():
+    from native_mm.model import ModelConfig
+    from native_mm.training.module import LanguageModule, NonFiniteError
+
+    m = LanguageModule(ModelConfig.from_name("tiny", vocab_size=64, n_layer=1, n_embd=32))
+    m.configure_model()
+    ckpt = {"state_dict": m.state_dict()}
+    m.on_save_checkpoint(ckpt)  # finite: fine
+    with torch.no_grad():
+        m.model.lm_head.weight[0, 0] = float("nan")
+    with pytest.raises(NonFiniteError, match="refusing to write a checkpoint.*lm_head"):
+        m.on_save_checkpoint({"state_dict": m.state_dict()})

@@ -10,6 +10,11 @@ scale each target token's loss by the weight of its modality (``vocab.modality_t
 Checkpoints carry ``vocab_manifest`` and the model config (``save_hyperparameters``);
 resuming or loading with a different tokenizer set raises a :class:`VocabError` naming
 both fingerprints.
+
+Non-finite guard. A training step whose loss or gradients hold NaN/inf is skipped (no
+parameter update), counted (``train/nonfinite_steps``) and logged; after more than
+``max_nonfinite_steps`` of them the run stops with :class:`NonFiniteError`. A checkpoint is
+never written from weights that are not finite.
 """
 
 from __future__ import annotations
@@ -24,6 +29,10 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from native_mm.model import ModelConfig, Transformer
 from native_mm.vocab import MODALITIES, Vocab, VocabError, manifest_digest
+
+
+class NonFiniteError(ValueError):
+    """Training diverged: too many non-finite steps, or non-finite weights at a checkpoint."""
 
 
 def _describe(manifest: dict | None) -> str:
@@ -72,6 +81,8 @@ class LanguageModule(L.LightningModule):
         fused_adamw: use the fused AdamW kernel (CPU and CUDA; ~4x faster than foreach on
             this CPU for 34M parameters). Not with mixed precision + gradient clipping,
             which Lightning's AMP plugin refuses (foreach is used then).
+        max_nonfinite_steps: steps with a non-finite loss or gradient that are skipped
+            before the run stops with :class:`NonFiniteError`.
     """
 
     def __init__(
@@ -90,6 +101,7 @@ class LanguageModule(L.LightningModule):
         peak_flops: float = 1e12,
         compile: bool = False,
         fused_adamw: bool = True,
+        max_nonfinite_steps: int = 10,
     ) -> None:
         super().__init__()
         arch = arch if arch is not None else ModelConfig()
@@ -112,6 +124,7 @@ class LanguageModule(L.LightningModule):
         self.hparams["arch"] = arch.to_dict()  # plain dict: checkpoints load weights_only
         self.model: Transformer | None = None
         self._t_last: float | None = None
+        self.nonfinite_steps = 0  # skipped steps so far (saved in checkpoints)
 
     # ---- model -----------------------------------------------------------------------
     def configure_model(self) -> None:
@@ -178,8 +191,29 @@ class LanguageModule(L.LightningModule):
         self.log_dict(metrics, on_step=on_step, on_epoch=not on_step, sync_dist=not on_step)
         return loss
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self.compute_loss(batch, "train")
+    def _skip_nonfinite(self, what: str) -> None:
+        """Count a skipped step; stop the run once there were too many."""
+        self.nonfinite_steps += 1
+        limit = self.hparams.get("max_nonfinite_steps", 10)
+        rank_zero_info(
+            f"step {self.global_step}: {what}; step skipped "
+            f"({self.nonfinite_steps} non-finite steps, limit {limit})"
+        )
+        self.log("train/nonfinite_steps", float(self.nonfinite_steps), on_step=True)
+        if self.nonfinite_steps > limit:
+            raise NonFiniteError(
+                f"training stopped at step {self.global_step}: {self.nonfinite_steps} steps "
+                f"had a non-finite loss or gradient (model.max_nonfinite_steps={limit}); "
+                "lower the LR, enable z-loss or gradient clipping, or resume from the last "
+                "checkpoint"
+            )
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
+        try:
+            loss = self.compute_loss(batch, "train")
+        except FloatingPointError as e:
+            self._skip_nonfinite(str(e))
+            return None  # Lightning skips backward and the optimizer update
         now = time.perf_counter()
         if self._t_last is not None:
             dt = now - self._t_last
@@ -196,6 +230,13 @@ class LanguageModule(L.LightningModule):
         self.compute_loss(batch, "val")
 
     # ---- optimisation ----------------------------------------------------------------
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Skip the update (drop every gradient) when any gradient is NaN/inf."""
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        if grads and not all(torch.isfinite(g).all() for g in grads):
+            optimizer.zero_grad(set_to_none=True)  # AdamW leaves params without grads alone
+            self._skip_nonfinite("non-finite gradient")
+
     def configure_optimizers(self) -> dict[str, Any]:
         decay, no_decay = [], []
         for p in self.model.parameters():
@@ -224,10 +265,19 @@ class LanguageModule(L.LightningModule):
 
     # ---- checkpoints -----------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        bad = [k for k, v in checkpoint["state_dict"].items()
+               if v.is_floating_point() and not torch.isfinite(v).all()]  # fmt: skip
+        if bad:
+            raise NonFiniteError(
+                f"refusing to write a checkpoint at step {self.global_step}: non-finite "
+                f"weights in {bad[:3]}{' ...' if len(bad) > 3 else ''}"
+            )
+        checkpoint["nonfinite_steps"] = self.nonfinite_steps
         checkpoint["model_config"] = self.config.to_dict()
         checkpoint["vocab_manifest"] = self.hparams.vocab_manifest
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.nonfinite_steps = int(checkpoint.get("nonfinite_steps", 0))
         stored = checkpoint.get("vocab_manifest")
         check_vocab(stored, self.hparams.vocab_manifest, "checkpoint")
         stored_cfg = checkpoint.get("model_config")
