@@ -163,6 +163,7 @@ def main() -> None:
         result[r.name] = {
             "params": n,
             "step_s_median": round(t, 4),
+            "step_s_min_max": [round(min(r.times), 4), round(max(r.times), 4)],
             "tokens_per_s": round(tps, 1),
             "achieved_gflops": round(tps * flops_tok / 1e9, 2),
             "fraction_of_peak": round(tps * flops_tok / peak, 3),
@@ -173,6 +174,14 @@ def main() -> None:
             result[f"speedup_{r.name}_vs_hf"] = round(
                 result[r.name]["tokens_per_s"] / result["hf-chameleon"]["tokens_per_s"], 3
             )
+            # the same ratio per interleaved step pair (HF step time / this step time):
+            # its spread shows how much machine load moved between neighbouring steps
+            paired = sorted(h / n for h, n in zip(runners[-1].times, r.times, strict=True))
+            result[f"speedup_{r.name}_vs_hf_paired_min_median_max"] = [
+                round(paired[0], 3),
+                round(paired[len(paired) // 2], 3),
+                round(paired[-1], 3),
+            ]
     print(json.dumps(result))
 
 

@@ -146,10 +146,21 @@ def rope_table(head_size: int, length: int, base: float) -> tuple[Tensor, Tensor
 
 
 def apply_rope(x: Tensor, freqs: Tensor) -> Tensor:
-    """Rotate each (even, odd) channel pair by its angle: one complex multiply (RoFormer,
-    Meta's LLaMA layout). x (B, T, N, C); freqs complex (B or 1, T, 1, C/2)."""
-    xc = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))  # (B, T, N, C/2)
-    return torch.view_as_real(xc * freqs).flatten(-2).type_as(x)
+    """Rotate each (even, odd) channel pair by its angle (RoFormer, Meta's LLaMA layout).
+
+    x (B, N, T, C); freqs real (B or 1, 1, T, C/2, 2) holding (cos, sin). Eager runs one
+    complex multiply (a zero-copy complex view of both operands); under ``torch.compile``
+    the same products are written out in real arithmetic, which inductor can fuse (it has
+    no complex codegen). Both give bit-identical results on this CPU.
+    """
+    xf = x.float().unflatten(-1, (-1, 2))  # (B, N, T, C/2, 2)
+    if torch.compiler.is_compiling():
+        x0, x1 = xf.unbind(-1)
+        cos, sin = freqs.unbind(-1)
+        out = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
+    else:
+        out = torch.view_as_real(torch.view_as_complex(xf) * torch.view_as_complex(freqs))
+    return out.flatten(-2).type_as(x)
 
 
 class Linear(nn.Module):
@@ -249,14 +260,15 @@ class Attention(nn.Module):
     ) -> Tensor:
         """x (B, T, D) -> (B, T, D). ``mask`` None means plain causal over x itself."""
         cfg = self.config
-        h, g = cfg.n_head, cfg.n_kv_head
-        qkv = rearrange(self.qkv(x), "b t (n c) -> b t n c", c=cfg.head_size)  # n = H + 2G
-        qk, v = qkv[:, :, : h + g], qkv[:, :, h + g :]
+        h, g, c = cfg.n_head, cfg.n_kv_head, cfg.head_size
+        # Heads-first (B, N, T, C), N = H + 2G, made contiguous once: the layout SDPA's CPU
+        # flash kernel runs fastest on, and every op below then keeps it (no per-op copies).
+        # split() (not two slices) so the backward is one cat, not zero-fill + copy + add.
+        qkv = rearrange(self.qkv(x), "b t (n c) -> b n t c", c=c).contiguous()
+        qk, v = qkv.split([h + g, g], dim=1)
         if cfg.qk_norm:
-            qk = F.rms_norm(qk, (cfg.head_size,), eps=cfg.norm_eps) * self.qk_norm
-        qk = apply_rope(qk, freqs)  # queries and keys rotated together
-        q = qk[:, :, :h].transpose(1, 2)  # (B, H, T, C)
-        k, v = qk[:, :, h:].transpose(1, 2), v.transpose(1, 2)  # (B, G, T, C)
+            qk = F.rms_norm(qk, (c,), eps=cfg.norm_eps) * self.qk_norm[:, None]
+        q, k = apply_rope(qk, freqs).split([h, g], dim=1)  # queries and keys rotated together
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, G, S, C)
         if g != h:
@@ -356,14 +368,14 @@ class Transformer(nn.Module):
 
     # ---- forward passes --------------------------------------------------------------
     def rope(self, positions: Tensor | slice) -> Tensor:
-        """Rotations for positions (B, T) -> complex (B, T, 1, C/2); a slice -> (1, T, 1, C/2).
+        """Rotations for positions (B, T) -> (B, 1, T, C/2, 2); a slice -> (1, 1, T, C/2, 2).
 
-        Built per call from the real cos/sin buffers, so casting the module's dtype never
-        touches a complex tensor (``Module.to`` would drop the imaginary part).
+        The last axis holds (cos, sin), built per call from the real buffers, so casting the
+        module's dtype never touches a complex tensor (``Module.to`` would drop the imaginary
+        part) and ``torch.compile`` sees real tensors only.
         """
-        cos, sin = self.rope_cos[positions].float(), self.rope_sin[positions].float()
-        freqs = torch.complex(cos, sin)
-        return freqs[None, :, None] if isinstance(positions, slice) else freqs[:, :, None]
+        freqs = torch.stack((self.rope_cos[positions], self.rope_sin[positions]), dim=-1).float()
+        return freqs[None, None] if isinstance(positions, slice) else freqs[:, None]
 
     def _check_len(self, length: int) -> None:
         if length > self.config.block_size:
