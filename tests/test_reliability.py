@@ -8,6 +8,12 @@ must name the file or record it is about; no Python traceback may reach the user
 from __future__ import annotations
 
 import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import lightning as L
@@ -303,3 +309,124 @@ def test_checkpoint_of_nonfinite_weights_is_refused():
         m.model.lm_head.weight[0, 0] = float("nan")
     with pytest.raises(NonFiniteError, match="refusing to write a checkpoint.*lm_head"):
         m.on_save_checkpoint({"state_dict": m.state_dict()})
+
+
+# ---- 3. SIGKILL during tokenize: the re-run equals an uninterrupted run byte for byte --------
+def _kill_corpus(corpus: Path, n: int) -> Path:
+    """``n`` records cycling over the bad corpus's media (good and bad), unique ids."""
+    media = sorted(p.name for p in (corpus.parent / "media").iterdir() if p.is_file())
+    media = [m for m in media if m != "long.wav"]
+    lines = []
+    for i in range(n):
+        name = media[i % len(media)]
+        kind = "audio" if name.endswith(".wav") else "image"
+        segs = [{"text": f"record {i}"}, {kind: f"media/{name}"}]
+        lines.append(json.dumps({"id": f"k{i}", "segments": segs}))
+    lines.insert(n // 2, "{not json")
+    path = corpus.parent / "kill.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file()}  # fmt: skip
+
+
+# tokenize() with the numpy-only doubles tokenizer set (no torch import: a 0.3 s start).
+_DOUBLES_TOKENIZE = (
+    "import sys; from tests.doubles import tokenizer_set; "
+    "from native_mm.training.shards import tokenize; "
+    "tokenize([sys.argv[1]], sys.argv[2], tokenizer_set(), docs_per_shard=2, workers=0)"
+)
+
+
+def _kill_and_resume(cmd: list[str], out: Path, kills: int, seed: int) -> list[int]:
+    """Run ``cmd`` (a tokenize into ``out``) and SIGKILL it ``kills`` times, each after a
+    random number of newly finished shards plus a random few ms; then let it finish.
+    Returns the finished shards at each kill."""
+    rng = random.Random(seed)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done_at_kill = []
+
+    def n_done() -> int:
+        return len(list((out / "shards").glob("*.done.json"))) if out.exists() else 0
+
+    for _ in range(kills):
+        target = n_done() + rng.randint(1, 4)
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE)  # fmt: skip
+        deadline = time.time() + 120
+        while proc.poll() is None and time.time() < deadline:
+            if n_done() >= target:
+                time.sleep(rng.uniform(0, 0.02))  # land inside a shard's writes sometimes
+                break
+            time.sleep(0.001)
+        finished = proc.poll() is not None
+        proc.send_signal(signal.SIGKILL)
+        err = proc.communicate()[1].decode()
+        assert not finished, f"tokenize ended before the kill:\n{err[-2000:]}"
+        done_at_kill.append(n_done())
+    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "Traceback" not in res.stderr
+    return done_at_kill
+
+
+def test_tokenize_killed_at_random_moments_resumes_byte_identical(tmp_path):
+    from tests.doubles import tokenizer_set, write_corpus
+
+    jsonl = write_corpus(tmp_path / "corpus", 120)  # with an invalid and an unencodable record
+    ref = tmp_path / "ref"
+    from native_mm.training.shards import tokenize
+
+    tokenize([jsonl], ref, tokenizer_set(), docs_per_shard=2, workers=0, log=lambda s: None)
+    n_shards = len(json.loads((ref / "manifest.json").read_text())["shards"])
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-c", _DOUBLES_TOKENIZE, str(jsonl), str(out)]
+    done = _kill_and_resume(cmd, out, kills=4, seed=0)
+    assert all(0 < d < n_shards for d in done), (done, n_shards)
+    assert _tree(out) == _tree(ref)  # every file, manifest and skipped.json included
+
+
+@pytest.mark.slow
+def test_native_mm_tokenize_killed_with_workers_resumes_byte_identical(corpus, tokenizer_dir,
+                                                                       tmp_path):  # fmt: skip
+    """The real verb, real tokenizers, two worker processes, eight kills."""
+    jsonl = _kill_corpus(corpus, 120)
+    ref = tmp_path / "ref"
+    from native_mm.training.shards import tokenize
+
+    tokenize([jsonl], ref, tokenizer_dir, docs_per_shard=2, workers=0, log=lambda s: None)
+    out = tmp_path / "killed"
+    cmd = [
+        sys.executable,
+        "-m",
+        "native_mm.cli",
+        "tokenize",
+        str(jsonl),
+        "--tokenizers",
+        str(tokenizer_dir),
+        "--out",
+        str(out),
+        "--workers",
+        "2",
+        "--docs-per-shard",
+        "2",
+    ]
+    _kill_and_resume(cmd, out, kills=8, seed=1)
+    assert _tree(out) == _tree(ref)
+
+
+def test_tokenize_removes_temp_files_of_a_killed_run(corpus, tokenizer_dir, tmp_path):
+    from native_mm.training.shards import tokenize
+
+    out = tmp_path / "out"
+    (out / "shards").mkdir(parents=True)
+    stale = [out / "shards" / ".00000.ids.bin.k1ll3d.tmp", out / ".manifest.json.x.tmp"]
+    for p in stale:
+        p.write_bytes(b"half written")
+    keep = out / "shards" / "notes.tmp"  # not an atomic_write temp name: left alone
+    keep.write_bytes(b"")
+    tokenize([corpus], out, tokenizer_dir, docs_per_shard=8, workers=0, log=lambda s: None)
+    assert not any(p.exists() for p in stale) and keep.exists()

@@ -237,6 +237,7 @@ def tokenize(
         "version": SHARDS_VERSION,
     }
     build_key = _json_digest(build)
+    _remove_stale_temp_files(out_dir)
     n_shards = max(1, -(-len(docs) // docs_per_shard))
     markers: dict[int, dict] = {}
     todo = []
@@ -270,6 +271,13 @@ def tokenize(
         f"{len(skipped)} skipped ({dt:.1f}s) -> {out_dir / 'manifest.json'}"
     )
     return manifest
+
+
+def _remove_stale_temp_files(out_dir: Path) -> None:
+    """Delete temp files a killed run left behind (``atomic_write``'s ``.NAME.*.tmp``)."""
+    for d in (out_dir, out_dir / "shards"):
+        for p in d.glob(".*.tmp") if d.is_dir() else ():
+            p.unlink(missing_ok=True)
 
 
 def _build_manifest(
