@@ -7,6 +7,7 @@ must name the file or record it is about; no Python traceback may reach the user
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -17,11 +18,15 @@ import time
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from native_mm.cli import main as cli
 from native_mm.tokenizers.base import TokenizerSet
+from native_mm.vocab import Vocab
 from tests import bad_inputs
 from tests.bad_inputs import EXPECTED, LINE_FAILURES
 
@@ -59,7 +64,6 @@ def tokenized(tokenizer_dir, corpus, tmp_path_factory) -> tuple[Path, int, str]:
     out = tmp_path_factory.mktemp("shards") / "out"
     argv = ["tokenize", str(corpus), "--tokenizers", str(tokenizer_dir), "--out", str(out),
             "--workers", "0", "--docs-per-shard", "4"]  # fmt: skip
-    import contextlib
     import io
 
     err = io.StringIO()
@@ -430,3 +434,223 @@ def test_tokenize_removes_temp_files_of_a_killed_run(corpus, tokenizer_dir, tmp_
     keep.write_bytes(b"")
     tokenize([corpus], out, tokenizer_dir, docs_per_shard=8, workers=0, log=lambda s: None)
     assert not any(p.exists() for p in stale) and keep.exists()
+
+
+# ---- 4. fuzzing: document validator, sequence decode, constrained decoding ----------------
+# A small number of examples in CI; ``-m slow`` runs >= 10,000 of each.
+CI_EXAMPLES, SLOW_EXAMPLES = 100, 10_000
+
+
+def fuzz(n: int):
+    from hypothesis import HealthCheck, settings
+
+    return settings(max_examples=n, deadline=None, suppress_health_check=list(HealthCheck))
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=6),
+    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=5), c, max_size=3),
+    max_leaves=6,
+)
+_PATHS = st.sampled_from(
+    ["media/a.png", "media/a.wav", "../x.png", "../../etc/passwd", "/etc/passwd", "a/../../b",
+     "", "a\x00b", "media/../media/a.png", "media/link.png", "./media/a.png", "\\\\srv\\x",
+     "C:\\x", "media", "nope.png", "media/../../corpus/media/a.png"]
+) | st.text(max_size=10)  # fmt: skip
+_WEIRD = st.text(st.characters(codec=None, categories=["Cs", "Co", "Cc", "Zs"]), max_size=4)
+_SEGMENT = st.one_of(
+    st.builds(lambda k, v, extra: {k: v, **extra}, st.sampled_from(["text", "image", "audio"]),
+              _PATHS | _WEIRD | _JSON,
+              st.dictionaries(st.sampled_from(["loss", "video", "text"]), _JSON, max_size=1)),
+    _JSON,
+)  # fmt: skip
+_RECORD = st.one_of(
+    st.fixed_dictionaries({
+        "id": st.sampled_from(["a", "b", "c", ""]) | _WEIRD | _JSON,
+        "segments": st.lists(_SEGMENT, max_size=4) | _JSON,
+    }),
+    _JSON,
+)  # fmt: skip
+_LINE = st.one_of(
+    st.tuples(_RECORD, st.booleans()).map(lambda r: json.dumps(r[0], ensure_ascii=r[1]).encode(
+        "utf-8", "surrogatepass")),
+    st.binary(max_size=30).map(lambda b: b.replace(b"\n", b" ")),
+)  # fmt: skip
+
+
+def _validator_property(lines: list[bytes]) -> None:
+    import tempfile
+
+    from native_mm.documents import DocumentError, SkipReport, read_documents
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "corpus"
+        (root / "media").mkdir(parents=True)
+        (root / "media" / "a.png").write_bytes(b"x")
+        (root / "media" / "a.wav").write_bytes(b"x")
+        (Path(tmp) / "out.png").write_bytes(b"x")
+        os.symlink(Path(tmp) / "out.png", root / "media" / "link.png")
+        path = root / "docs.jsonl"
+        path.write_bytes(b"\n".join(lines) + b"\n")
+        report = SkipReport(max_messages=10**6)
+        docs = list(read_documents(path, on_error="skip", report=report))
+        blank = 0
+        for raw in lines:
+            with contextlib.suppress(UnicodeDecodeError):
+                blank += not raw.decode("utf-8").strip()
+        assert report.documents == len(docs)
+        assert report.documents + report.skipped == len(lines) - blank
+        assert len({d.id for d in docs}) == len(docs)
+        real_root = os.path.realpath(root)
+        for d in docs:
+            assert isinstance(d.id, str) and d.id
+            d.id.encode("utf-8")  # no lone surrogates
+            for s in d.segments:
+                assert s.kind in ("text", "image", "audio") and isinstance(s.loss, bool)
+                s.value.encode("utf-8")
+                if s.kind != "text":
+                    real = os.path.realpath(s.value)
+                    assert os.path.commonpath([real, real_root]) == real_root, s.value
+                    assert os.path.isfile(real)
+        for source, message in report.messages:
+            assert message.startswith(f"{source}:") and source.startswith(f"{path}:")
+        try:
+            strict = list(read_documents(path, on_error="raise"))
+        except DocumentError as e:
+            assert e.reason in report.counts and str(e).startswith(f"{path}:")
+        else:
+            assert not report.skipped and [d.id for d in strict] == [d.id for d in docs]
+
+
+@fuzz(CI_EXAMPLES)
+@given(st.lists(_LINE, max_size=8))
+def test_fuzz_document_validator(lines):
+    _validator_property(lines)
+
+
+@pytest.mark.slow
+@fuzz(SLOW_EXAMPLES)
+@given(st.lists(_LINE, max_size=8))
+def test_fuzz_document_validator_10k(lines):
+    _validator_property(lines)
+
+
+FUZZ_VOCAB = Vocab(text_size=20, image_codes=16, audio_codes=8, audio_levels=2, image_max_grid=4)
+
+
+def _merge_text(spans: list) -> list:
+    from native_mm.sequence import Span
+
+    out = []
+    for s in spans:
+        if out and s.kind == out[-1].kind == "text":
+            out[-1] = Span("text", np.concatenate([out[-1].codes, s.codes]))
+        else:
+            out.append(s)
+    return out
+
+
+_SPECIAL_IDS = list(range(len(FUZZ_VOCAB.specials)))
+_BOUNDARIES = sorted({i for r in FUZZ_VOCAB.ranges.values() for i in (r.start, r.stop - 1)})
+_IDS = st.lists(
+    st.sampled_from(_SPECIAL_IDS + _BOUNDARIES) | st.integers(0, FUZZ_VOCAB.size - 1)
+    | st.integers(-3, FUZZ_VOCAB.size + 3), max_size=60,
+)  # fmt: skip
+
+
+def _decode_property(ids: list[int]) -> None:
+    from native_mm.sequence import SequenceCodec, SequenceError
+
+    codec = SequenceCodec(FUZZ_VOCAB)
+    if any(i < 0 or i >= FUZZ_VOCAB.size for i in ids):
+        with pytest.raises(SequenceError, match="position"):
+            codec.decode_report(ids)
+        return
+    report = codec.decode_report(ids, strict=False)
+    try:
+        strict = codec.decode(ids, strict=True)
+    except SequenceError as e:
+        assert report.errors and str(e) == report.errors[0]
+    else:
+        assert not report.errors and strict == report.spans
+    # whatever decoded is well-formed: it re-encodes and decodes to the same spans
+    again = codec.decode(codec.encode(report.spans).ids, strict=True)
+    assert again == _merge_text(report.spans)
+
+
+@fuzz(CI_EXAMPLES)
+@given(_IDS)
+def test_fuzz_sequence_decode(ids):
+    _decode_property(ids)
+
+
+@pytest.mark.slow
+@fuzz(SLOW_EXAMPLES)
+@given(_IDS)
+def test_fuzz_sequence_decode_10k(ids):
+    _decode_property(ids)
+
+
+_SPEC = st.fixed_dictionaries({
+    "modality": st.sampled_from([None, "text", "image", "audio"]),
+    "image_size": st.none() | st.tuples(st.integers(1, 4), st.integers(1, 4)),
+    "audio_frames": st.none() | st.integers(1, 5),
+    "max_image_grid": st.none() | st.integers(1, 4),
+})  # fmt: skip
+
+
+def _constraint_property(spec: dict, budget: int, seed: int, rows: int) -> None:
+    """Random walks through the allowed ids: every row stays closable and decodes cleanly."""
+    from native_mm.generation import DONE, TEXT_STATE, DecodeConstraint, OutputSpec
+    from native_mm.sequence import SequenceCodec
+    from native_mm.vocab import BOS, PAD
+
+    v = FUZZ_VOCAB
+    codec = SequenceCodec(v)
+    con = DecodeConstraint(codec, rows, v.size + 5, OutputSpec(**spec))
+    rng = np.random.default_rng(seed)
+    out = [[BOS] for _ in range(rows)]
+    con.state_after([torch.tensor([BOS])] * rows)
+    for step in range(budget):
+        mask = con.allowed(budget - step)
+        assert not mask[:, v.size :].any()  # never an id outside the vocabulary
+        toks = []
+        for b in range(rows):
+            allowed = np.flatnonzero(mask[b].numpy())
+            assert allowed.size, (b, int(con.state[b]), spec, budget - step)
+            special = allowed[allowed < len(v.specials)]
+            pick = special if special.size and rng.random() < 0.3 else allowed
+            toks.append(int(rng.choice(pick)))
+        con.advance(torch.tensor(toks))
+        for b, t in enumerate(toks):
+            out[b].append(t)
+        if bool((con.state == DONE).all()):
+            break
+    for b in range(rows):
+        assert int(con.state[b]) in (TEXT_STATE, DONE), (spec, budget, out[b])
+        ids = [t for t in out[b] if t != PAD] if int(con.state[b]) == DONE else out[b]
+        spans = codec.decode(ids, strict=True)  # every span closed and well-formed
+        for s in spans:
+            assert spec["modality"] in (None, s.kind) or s.kind == "text"
+            if s.kind == "image" and spec["image_size"]:
+                assert s.codes.shape == tuple(spec["image_size"])
+            if s.kind == "image" and spec["max_image_grid"] and not spec["image_size"]:
+                assert max(s.codes.shape) <= spec["max_image_grid"]
+            if s.kind == "audio" and spec["audio_frames"]:
+                assert s.codes.shape[1] == spec["audio_frames"]
+
+
+_CONSTRAINT_ARGS = (_SPEC, st.integers(1, 40), st.integers(0, 2**32 - 1), st.integers(1, 3))
+
+
+@fuzz(CI_EXAMPLES)
+@given(*_CONSTRAINT_ARGS)
+def test_fuzz_decode_constraint(spec, budget, seed, rows):
+    _constraint_property(spec, budget, seed, rows)
+
+
+@pytest.mark.slow
+@fuzz(SLOW_EXAMPLES)
+@given(*_CONSTRAINT_ARGS)
+def test_fuzz_decode_constraint_10k(spec, budget, seed, rows):
+    _constraint_property(spec, budget, seed, rows)
