@@ -654,3 +654,50 @@ def test_fuzz_decode_constraint(spec, budget, seed, rows):
 @given(*_CONSTRAINT_ARGS)
 def test_fuzz_decode_constraint_10k(spec, budget, seed, rows):
     _constraint_property(spec, budget, seed, rows)
+
+
+# ---- the other entry points: tokenizer training and fit over the dirty corpus ---------------
+def test_text_tokenizer_training_counts_bad_lines_and_records(corpus, tmp_path, capsys):
+    bad_txt = tmp_path / "bad.txt"
+    bad_txt.write_bytes(b"good line\n\xff\xfe not UTF-8\nanother line caf\xc3\xa9\n")
+    out = tmp_path / "text"
+    argv = ["tokenizer", "train", "text", "--config", str(REPO / "tokenizers/text/default.yaml"),
+            "--out", str(out), "--input", str(corpus), "--input", str(bad_txt),
+            "vocab_size=400"]  # fmt: skip
+    assert cli(argv) == 0
+    assert "Traceback" not in capsys.readouterr().err
+    log = json.loads((out / "train_log.json").read_text())
+    assert log["skipped_bad_utf8_lines"] == 1
+    # media are not opened here: every record the validator refuses except missing media
+    refused = [r for s, r in EXPECTED.values() if s == "validate" and r != "missing_media"]
+    assert log["skipped_documents"] == len(refused) + len(LINE_FAILURES)
+
+
+def test_fit_on_the_dirty_corpus_shards(tokenized, tmp_path, capsys):
+    """Documents longer than the context (a 30k-token audio clip, 1,600-token text) are cut
+    into training windows by packing; the run trains and checkpoints normally."""
+    from tests.doubles import fit_args, step_losses
+
+    out_dir, _, _ = tokenized
+    manifest = json.loads((out_dir / "manifest.json").read_text())
+    assert manifest["tokens"] > 30 * 32  # far longer than one 32-token context
+    assert cli(fit_args(out_dir, tmp_path / "run", 3)) == 0
+    losses = step_losses(tmp_path / "run")
+    assert sorted(losses) == [0, 1, 2] and all(np.isfinite(v) for v in losses.values())
+
+
+def test_fit_refuses_a_corrupted_shard_naming_it(tokenized, tmp_path, capsys):
+    import shutil
+
+    from tests.doubles import fit_args
+
+    src, _, _ = tokenized
+    bad = tmp_path / "shards"
+    shutil.copytree(src, bad)
+    victim = max((bad / "shards").glob("*.ids.bin"), key=lambda p: p.stat().st_size)
+    data = bytearray(victim.read_bytes())
+    data[3] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    assert cli(fit_args(bad, tmp_path / "run", 2)) == 1
+    err = capsys.readouterr().err
+    assert victim.name in err and "corrupted" in err and "Traceback" not in err
