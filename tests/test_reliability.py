@@ -196,6 +196,15 @@ def test_generate_refuses_bad_prompt_files_naming_them(checkpoint, tokenizer_dir
         assert name in err and "prompt segment 1" in err and "Traceback" not in err, err
 
 
+def test_generate_refuses_a_prompt_longer_than_the_context(checkpoint, tokenizer_dir, tmp_path,
+                                                           capsys):  # fmt: skip
+    rc = cli(["generate", "--ckpt", str(checkpoint), "--tokenizers", str(tokenizer_dir),
+              "--text", "lorem ipsum " * 600, "--out", str(tmp_path)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 1 and "leaves no room in the context (block_size=1024)" in err, err
+    assert "Traceback" not in err
+
+
 def test_generate_refuses_corrupt_and_foreign_checkpoints(checkpoint, tokenizer_dir, tmp_path,
                                                           capsys):  # fmt: skip
     truncated = tmp_path / "truncated.pt"
