@@ -78,6 +78,7 @@ class SkipReport:
 
     counts: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     messages: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (source, msg)
+    reasons: list[str] = dataclasses.field(default_factory=list)  # reason of each message
     max_messages: int = 1000  # cap on stored messages; counts are always complete
     documents: int = 0  # documents kept
     segments: collections.Counter = dataclasses.field(default_factory=collections.Counter)
@@ -86,6 +87,7 @@ class SkipReport:
         self.counts[error.reason] += 1
         if len(self.messages) < self.max_messages:
             self.messages.append((error.source, str(error)))
+            self.reasons.append(error.reason)
 
     def keep(self, doc: Document) -> None:
         self.documents += 1

@@ -118,6 +118,10 @@ def test_tokenize_skips_each_bad_record_with_a_counted_reason(tokenized, corpus)
     assert len(invalid) == sum(want_counts.values()) == skipped["count"] - len(encode_skips)
     for r in invalid:
         assert r["message"].startswith(f"{corpus}:"), r
+    by_reason: dict[str, int] = {}
+    for r in invalid:  # each refused record carries the validator's reason key
+        by_reason[r["validator_reason"]] = by_reason.get(r["validator_reason"], 0) + 1
+    assert by_reason == want_counts
     for reason, text in LINE_FAILURES.items():
         assert any(text in r["message"] for r in invalid), reason
 

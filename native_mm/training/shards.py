@@ -223,8 +223,8 @@ def tokenize(
         for doc in read_documents(path, on_error="skip", report=report):
             docs.append((path.stem, doc))
         invalid += [
-            {"source": src, "reason": "invalid_record", "message": msg}
-            for src, msg in report.messages
+            {"source": src, "reason": "invalid_record", "validator_reason": why, "message": msg}
+            for (src, msg), why in zip(report.messages, report.reasons, strict=True)
         ]
         input_info.append(
             {"path": str(path), "sha256": sha256_file(path), "skipped": dict(report.counts)}
