@@ -136,6 +136,28 @@ def test_tokenize_rerun_on_the_bad_corpus_is_a_no_op(tokenized, tokenizer_dir, c
     assert {p.name: p.read_bytes() for p in (out / "shards").iterdir()} == before
 
 
+def test_tokenize_refuses_missing_or_corrupt_tokenizers_and_inputs(tokenizer_dir, corpus,
+                                                                    tmp_path, capsys):  # fmt: skip
+    import shutil
+
+    bad_tok = tmp_path / "tok"
+    shutil.copytree(tokenizer_dir, bad_tok)
+    weights = bad_tok / "image" / "weights.pt"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    cases = [
+        (corpus, tmp_path / "nope", "nope: no vocabulary manifest"),
+        (corpus, bad_tok, "weights.pt: checksum mismatch"),
+        (tmp_path / "nope.jsonl", tokenizer_dir, "nope.jsonl: no such documents file"),
+    ]
+    for jsonl, tok, message in cases:
+        rc = cli(["tokenize", str(jsonl), "--tokenizers", str(tok), "--out",
+                  str(tmp_path / "out"), "--workers", "0"])  # fmt: skip
+        err = capsys.readouterr().err
+        assert rc == 1 and message in err and "Traceback" not in err, err
+
+
 def test_validate_names_every_bad_record(corpus, capsys):
     assert cli(["validate", str(corpus), "--show", "100"]) == 1
     out = capsys.readouterr()
