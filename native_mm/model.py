@@ -126,6 +126,50 @@ PRESETS: dict[str, dict] = {
 }  # fmt: skip
 
 
+class _RMSNormFn(torch.autograd.Function):
+    """RMSNorm times a gain, with a hand-written backward (eager training only).
+
+    torch's CPU ``rms_norm`` has a fused forward but, under autograd, records the composite
+    pow/mean/rsqrt/mul graph; this keeps the fused forward and needs six elementwise passes
+    for the backward. The gain ``w`` broadcasts over x (B, ..., C): (C,) or (N, 1, C).
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, w: Tensor, eps: float) -> Tensor:
+        xhat, rstd = torch.ops.aten._fused_rms_norm(x, [x.shape[-1]], None, eps)
+        ctx.save_for_backward(xhat, rstd, w)
+        return xhat * w
+
+    @staticmethod
+    def backward(ctx, gy: Tensor) -> tuple[Tensor, Tensor, None]:
+        xhat, rstd, w = ctx.saved_tensors
+        gxhat = gy * w
+        # d xhat / d x = rstd (I - xhat xhat^T / C): remove the xhat component, rescale
+        dot = torch.linalg.vecdot(gxhat, xhat).unsqueeze(-1) / xhat.shape[-1]
+        gx = torch.addcmul(gxhat, xhat, dot, value=-1).mul_(rstd)
+        gw = gy * xhat
+        dims = [i for i in range(gw.dim()) if i < gw.dim() - w.dim() or w.shape[i - gw.dim()] == 1]
+        return gx, gw.sum(dims, keepdim=False).reshape(w.shape), None
+
+
+def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    """``x / rms(x) * weight`` over the last dim; weight (C,) or any shape broadcasting to x.
+
+    Eager training uses :class:`_RMSNormFn`; inference, autocast and ``torch.compile``
+    (which fuses the composite itself) use ``F.rms_norm``. Same forward values either way.
+    """
+    if (
+        torch.is_grad_enabled()
+        and not torch.compiler.is_compiling()
+        and not torch.is_autocast_enabled(x.device.type)
+        and x.dtype == weight.dtype
+    ):
+        return _RMSNormFn.apply(x, weight, eps)
+    if weight.dim() == 1:
+        return F.rms_norm(x, (x.shape[-1],), weight, eps)
+    return F.rms_norm(x, (x.shape[-1],), eps=eps) * weight
+
+
 class RMSNorm(nn.Module):
     """Root-mean-square norm with a learned gain (no bias), over the last dimension."""
 
@@ -135,7 +179,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+        return rms_norm(x, self.weight, self.eps)
 
 
 def rope_table(head_size: int, length: int, base: float) -> tuple[Tensor, Tensor]:
@@ -267,7 +311,7 @@ class Attention(nn.Module):
         qkv = rearrange(self.qkv(x), "b t (n c) -> b n t c", c=c).contiguous()
         qk, v = qkv.split([h + g, g], dim=1)
         if cfg.qk_norm:
-            qk = F.rms_norm(qk, (c,), eps=cfg.norm_eps) * self.qk_norm[:, None]
+            qk = rms_norm(qk, self.qk_norm[:, None], cfg.norm_eps)
         q, k = apply_rope(qk, freqs).split([h, g], dim=1)  # queries and keys rotated together
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, G, S, C)
