@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
+import sys
 import time
 
 import torch
@@ -44,6 +46,15 @@ def matmul_peak(threads: int, n: int = 1024, seconds: float = 3.0) -> float:
         dt = time.perf_counter() - t0
         best = max(best, 5 * 2 * n**3 / dt)
     return best
+
+
+def load_model_module(path: str):
+    """Import a model.py file (an older revision of native_mm/model.py) as a module."""
+    spec = importlib.util.spec_from_file_location("native_mm_model_baseline", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up here
+    spec.loader.exec_module(module)
+    return module
 
 
 def build_native(cfg: ModelConfig) -> torch.nn.Module:
@@ -123,6 +134,11 @@ def main() -> None:
     p.add_argument("--skip-hf", action="store_true", help="native-mm only")
     p.add_argument("--compile", action="store_true", help="also time native-mm compiled")
     p.add_argument("--compile-mode", default=None, help="torch.compile mode (e.g. max-autotune)")
+    p.add_argument(
+        "--baseline-model",
+        help="also time an older native_mm/model.py (e.g. `git show REV:native_mm/model.py "
+        "> /tmp/model_old.py`) with the same weights, as native-mm-baseline",
+    )
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -131,6 +147,11 @@ def main() -> None:
     peak = matmul_peak(args.threads)
     bf16 = args.precision == "bf16-mixed"
     runners = [Runner("native-mm", build_native(cfg), cfg, args.batch, bf16)]
+    if args.baseline_model:
+        old = load_model_module(args.baseline_model)
+        base = old.Transformer(old.ModelConfig(**cfg.to_dict()))
+        base.load_state_dict(runners[0].model.state_dict())
+        runners.append(Runner("native-mm-baseline", base, cfg, args.batch, bf16))
     if args.compile:
         compiled = build_native(cfg)
         compiled.load_state_dict(runners[0].model.state_dict())
@@ -145,8 +166,8 @@ def main() -> None:
     for r in runners:
         r.times.clear()
         r.cpu_times.clear()
-    for _ in range(args.steps):
-        for r in runners:
+    for i in range(args.steps):
+        for r in runners if i % 2 == 0 else runners[::-1]:  # alternate the order too
             r.step()
     result = {
         "precision": args.precision,
