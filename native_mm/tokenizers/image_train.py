@@ -19,7 +19,6 @@ import argparse
 import dataclasses
 import json
 import math
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -545,9 +544,6 @@ def train_main(argv: list[str] | None = None, prog: str = "native-mm tokenizer t
     tok.model.load_state_dict(module.vqgan.state_dict())
     tok.model.eval()
     tok.save(out)
-    log = out / "logs" / "version_0" / "metrics.csv"
-    if log.is_file():
-        shutil.copyfile(log, out / "train_log.csv")
     print(f"trained {spec.trainer.max_steps} steps in {time.perf_counter() - t0:.0f}s; "
           f"tokenizer saved to {out} (fingerprint {tok.fingerprint()[:12]})")  # fmt: skip
     return 0

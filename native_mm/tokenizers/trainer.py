@@ -3,10 +3,13 @@
 A spec YAML (``tokenizers/<modality>/*.yaml``) fills a modality's spec dataclass;
 :func:`fit_tokenizer` runs Lightning's Trainer on the modality's LightningModule with
 checkpoints under ``out_dir/checkpoints`` and resumes from ``last.ckpt`` when present.
+Each run (first or resumed) logs to its own ``out_dir/logs/version_N``; the runs' metrics
+are merged into ``out_dir/train_log.csv`` so a resumed run keeps the whole history.
 """
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 from pathlib import Path
 from typing import Any, TypeVar
@@ -104,7 +107,9 @@ def fit_tokenizer(
     if spec.logger == "wandb":
         logger = WandbLogger(save_dir=str(out_dir), project="native-mm", offline=True)
     else:
-        logger = CSVLogger(save_dir=str(out_dir), name="logs", version=0)
+        # version=None: a resumed run gets a new folder (a fixed version would delete the
+        # earlier run's metrics.csv); merge_logs() stitches them together afterwards.
+        logger = CSVLogger(save_dir=str(out_dir), name="logs")
     trainer = L.Trainer(
         max_steps=spec.max_steps,
         precision=spec.precision,
@@ -126,4 +131,33 @@ def fit_tokenizer(
         val_dataloaders=val_loader,
         ckpt_path=str(last) if last.is_file() else None,
     )
+    # every_n_train_steps does not fire on the final step: save it so a later resume with
+    # a larger max_steps continues from the end, not from the last periodic checkpoint.
+    trainer.save_checkpoint(str(last))
+    merge_logs(out_dir)
     return trainer
+
+
+def merge_logs(out_dir: str | Path) -> Path | None:
+    """Concatenate ``logs/version_*/metrics.csv`` (in run order) into ``train_log.csv``."""
+    out_dir = Path(out_dir)
+    runs = sorted(
+        (out_dir / "logs").glob("version_*/metrics.csv"),
+        key=lambda p: int(p.parent.name.split("_")[1]),
+    )
+    rows, fields = [], []
+    for path in runs:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            fields += [k for k in reader.fieldnames or [] if k not in fields]
+            rows += list(reader)
+    if not rows:
+        return None
+    from native_mm.io import atomic_write
+
+    dest = out_dir / "train_log.csv"
+    with atomic_write(dest, "w") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    return dest
