@@ -192,18 +192,18 @@ def rope_table(head_size: int, length: int, base: float) -> tuple[Tensor, Tensor
 def apply_rope(x: Tensor, freqs: Tensor) -> Tensor:
     """Rotate each (even, odd) channel pair by its angle (RoFormer, Meta's LLaMA layout).
 
-    x (B, N, T, C); freqs real (B or 1, 1, T, C/2, 2) holding (cos, sin). Eager runs one
-    complex multiply (a zero-copy complex view of both operands); under ``torch.compile``
-    the same products are written out in real arithmetic, which inductor can fuse (it has
-    no complex codegen). Both give bit-identical results on this CPU.
+    x (B, N, T, C); freqs from :meth:`Transformer.rope`, (B or 1, 1, T, C/2): complex in
+    eager (one complex multiply), or real (..., C/2, 2) (cos, sin) pairs under
+    ``torch.compile``, where the same products are written out in real arithmetic that
+    inductor can fuse (it has no complex codegen). Both give bit-identical results here.
     """
     xf = x.float().unflatten(-1, (-1, 2))  # (B, N, T, C/2, 2)
-    if torch.compiler.is_compiling():
+    if freqs.is_complex():
+        out = torch.view_as_real(torch.view_as_complex(xf) * freqs)
+    else:
         x0, x1 = xf.unbind(-1)
         cos, sin = freqs.unbind(-1)
         out = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
-    else:
-        out = torch.view_as_real(torch.view_as_complex(xf) * torch.view_as_complex(freqs))
     return out.flatten(-2).type_as(x)
 
 
@@ -412,13 +412,18 @@ class Transformer(nn.Module):
 
     # ---- forward passes --------------------------------------------------------------
     def rope(self, positions: Tensor | slice) -> Tensor:
-        """Rotations for positions (B, T) -> (B, 1, T, C/2, 2); a slice -> (1, 1, T, C/2, 2).
+        """Rotations for positions (B, T) -> (B, 1, T, C/2); a slice -> (1, 1, T, C/2).
 
-        The last axis holds (cos, sin), built per call from the real buffers, so casting the
-        module's dtype never touches a complex tensor (``Module.to`` would drop the imaginary
-        part) and ``torch.compile`` sees real tensors only.
+        Complex in eager; under ``torch.compile`` real with a trailing (cos, sin) axis
+        (see :func:`apply_rope`). Built per call from the real buffers, so casting the
+        module's dtype never touches a complex tensor (``Module.to`` would drop the
+        imaginary part).
         """
-        freqs = torch.stack((self.rope_cos[positions], self.rope_sin[positions]), dim=-1).float()
+        cos, sin = self.rope_cos[positions].float(), self.rope_sin[positions].float()
+        if torch.compiler.is_compiling():
+            freqs = torch.stack((cos, sin), dim=-1)
+        else:
+            freqs = torch.complex(cos, sin)
         return freqs[None, None] if isinstance(positions, slice) else freqs[:, None]
 
     def _check_len(self, length: int) -> None:
