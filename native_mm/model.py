@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import Tensor, nn
 
 
@@ -197,7 +196,7 @@ def apply_rope(x: Tensor, freqs: Tensor) -> Tensor:
     ``torch.compile``, where the same products are written out in real arithmetic that
     inductor can fuse (it has no complex codegen). Both give bit-identical results here.
     """
-    xf = x.float().unflatten(-1, (-1, 2))  # (B, N, T, C/2, 2)
+    xf = x.float().view(*x.shape[:-1], -1, 2)  # (B, N, T, C/2, 2)
     if freqs.is_complex():
         out = torch.view_as_real(torch.view_as_complex(xf) * freqs)
     else:
@@ -308,10 +307,11 @@ class Attention(nn.Module):
         # Heads-first (B, N, T, C), N = H + 2G, made contiguous once: the layout SDPA's CPU
         # flash kernel runs fastest on, and every op below then keeps it (no per-op copies).
         # split() (not two slices) so the backward is one cat, not zero-fill + copy + add.
-        qkv = rearrange(self.qkv(x), "b t (n c) -> b n t c", c=c).contiguous()
+        b, t, _ = x.shape
+        qkv = self.qkv(x).view(b, t, -1, c).transpose(1, 2).contiguous()  # (B, N, T, C)
         qk, v = qkv.split([h + g, g], dim=1)
         if cfg.qk_norm:
-            qk = rms_norm(qk, self.qk_norm[:, None], cfg.norm_eps)
+            qk = rms_norm(qk, self.qk_norm.unsqueeze(1), cfg.norm_eps)
         q, k = apply_rope(qk, freqs).split([h, g], dim=1)  # queries and keys rotated together
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, G, S, C)
@@ -323,7 +323,7 @@ class Attention(nn.Module):
         # padding attends to every filled slot, so neither needs a mask tensor.
         is_causal = mask is None and q.shape[2] > 1
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
-        return self.proj(rearrange(y, "b h t c -> b t (h c)"))
+        return self.proj(y.transpose(1, 2).reshape(b, t, -1))  # (B, T, H C)
 
 
 class MLP(nn.Module):
