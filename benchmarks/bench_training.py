@@ -59,6 +59,40 @@ def load_model_module(path: str):
     return module
 
 
+def decode_ab(new: torch.nn.Module, old: torch.nn.Module, batches: list[int], pairs: int) -> dict:
+    """Greedy decoding (prompt 32, 64 new tokens) of two models with the same weights,
+    alternating, timed in CPU seconds: tokens/s of each and the per-pair ratio new/old."""
+    out = {}
+    for b in batches:
+        prompt = torch.randint(0, 8192, (b, 32), generator=torch.Generator().manual_seed(1))
+        prompt %= new.config.vocab_size
+        tps: dict[str, list[float]] = {"new": [], "old": []}
+        tokens = {}
+        for i in range(pairs):
+            order = [("new", new), ("old", old)] if i % 2 == 0 else [("old", old), ("new", new)]
+            for name, m in order:
+                with torch.inference_mode():
+                    cache = m.new_cache(b)
+                    c0 = time.process_time()
+                    tok = m.prefill(prompt, cache).argmax(-1)
+                    seq = [tok]
+                    for _ in range(63):
+                        tok = m.decode_step(tok, cache).argmax(-1)
+                        seq.append(tok)
+                    tps[name].append(b * 64 / (time.process_time() - c0))
+                tokens[name] = torch.stack(seq, 1)
+        ratio = sorted(n / o for n, o in zip(tps["new"], tps["old"], strict=True))
+        out[f"batch_{b}"] = {
+            "new_tokens_per_cpu_s_median": round(sorted(tps["new"])[pairs // 2], 1),
+            "old_tokens_per_cpu_s_median": round(sorted(tps["old"])[pairs // 2], 1),
+            "new_over_old_paired_min_median_max": [
+                round(ratio[0], 3), round(ratio[pairs // 2], 3), round(ratio[-1], 3)
+            ],
+            "same_tokens": bool(torch.equal(tokens["new"], tokens["old"])),
+        }  # fmt: skip
+    return out
+
+
 def build_native(cfg: ModelConfig) -> torch.nn.Module:
     return Transformer(cfg)
 
@@ -141,11 +175,27 @@ def main() -> None:
         help="also time an older native_mm/model.py (e.g. `git show REV:native_mm/model.py "
         "> /tmp/model_old.py`) with the same weights, as native-mm-baseline",
     )
+    p.add_argument(
+        "--decode-ab",
+        type=int,
+        nargs="*",
+        help="instead of training: time KV-cache decoding at these batch sizes, native-mm vs "
+        "--baseline-model (6 alternating pairs, CPU time)",
+    )
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=args.vocab, block_size=args.seq, n_layer=args.layers,
                       n_head=args.heads, n_embd=args.d_model)  # fmt: skip
+    if args.decode_ab:
+        if not args.baseline_model:
+            p.error("--decode-ab needs --baseline-model")
+        old_module = load_model_module(args.baseline_model)
+        new = build_native(cfg).eval()
+        old = old_module.Transformer(old_module.ModelConfig(**cfg.to_dict())).eval()
+        old.load_state_dict(new.state_dict())
+        print(json.dumps(decode_ab(new, old, args.decode_ab, pairs=6)))
+        return
     peak, peak_cpu = matmul_peak(args.threads)
     bf16 = args.precision == "bf16-mixed"
     runners = [Runner("native-mm", build_native(cfg), cfg, args.batch, bf16)]
