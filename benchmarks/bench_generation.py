@@ -18,7 +18,8 @@ import time
 
 import torch
 
-from native_mm.generation import OutputSpec, SamplingConfig, generate_ids
+from native_mm.constraints import OutputSpec
+from native_mm.generation import SamplingConfig, generate_ids
 from native_mm.model import ModelConfig, Transformer
 from native_mm.vocab import Vocab
 

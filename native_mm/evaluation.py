@@ -401,7 +401,7 @@ def evaluate_checkpoint(
     """Load the checkpoint and tokenizers, evaluate every direction, save into ``out``."""
     import torch
 
-    from native_mm.generation import load_checkpoint
+    from native_mm.checkpoint import load_checkpoint
     from native_mm.tokenizers.base import TokenizerSet
 
     t0 = time.perf_counter()

@@ -8,21 +8,17 @@ import pytest
 import torch
 from PIL import Image
 
+from native_mm.checkpoint import load_checkpoint, save_checkpoint
+from native_mm.constraints import DONE, DecodeConstraint, GenerationError, OutputSpec
 from native_mm.generation import (
-    DONE,
-    DecodeConstraint,
-    GenerationError,
-    OutputSpec,
     PromptError,
     SamplingConfig,
     encode_prompt,
     filter_logits,
     generate,
     generate_ids,
-    load_checkpoint,
     main,
     sample_next,
-    save_checkpoint,
     save_outputs,
     stream,
 )

@@ -183,7 +183,7 @@ def test_validate_missing_file_is_one_line_error(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def checkpoint(tokenizer_dir, tmp_path_factory) -> Path:
     """A tiny random transformer saved as a plain inference checkpoint."""
-    from native_mm.generation import save_checkpoint
+    from native_mm.checkpoint import save_checkpoint
     from native_mm.model import ModelConfig, Transformer
 
     tset = TokenizerSet.load(tokenizer_dir)
@@ -636,7 +636,7 @@ _SPEC = st.fixed_dictionaries({
 
 def _constraint_property(spec: dict, budget: int, seed: int, rows: int) -> None:
     """Random walks through the allowed ids: every row stays closable and decodes cleanly."""
-    from native_mm.generation import DONE, TEXT_STATE, DecodeConstraint, OutputSpec
+    from native_mm.constraints import DONE, TEXT_STATE, DecodeConstraint, OutputSpec
     from native_mm.sequence import SequenceCodec
     from native_mm.vocab import BOS, PAD
 

@@ -1,0 +1,85 @@
+"""Inference checkpoints: a model plus the vocabulary it was trained with; no Lightning.
+
+Reads the training checkpoint (Lightning ``.ckpt``) and the plain inference file that
+:func:`save_checkpoint` writes, and refuses a tokenizer set other than the model's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from native_mm.constraints import GenerationError
+from native_mm.io import save_torch
+from native_mm.model import ModelConfig, Transformer
+from native_mm.vocab import Vocab, check_fingerprints
+
+
+def check_model_vocab(model: Transformer, vocab: Vocab) -> None:
+    if model.config.vocab_size != vocab.size:
+        raise GenerationError(
+            f"the model has vocab_size={model.config.vocab_size} but the tokenizer set's "
+            f"vocabulary has {vocab.size} ids: wrong tokenizer set for this model"
+        )
+
+
+# ---- checkpoints -------------------------------------------------------------------------
+def load_checkpoint(
+    path: str | Path, tokenizers: Any = None, map_location: str = "cpu"
+) -> tuple[Transformer, Vocab]:
+    """A model from a checkpoint, checked against a tokenizer set; Lightning not needed.
+
+    Accepts the training checkpoint (Lightning ``.ckpt`` with top-level ``model_config``,
+    ``vocab_manifest`` and a ``state_dict`` whose keys start with ``model.``) and a plain
+    ``{"model_config", "manifest", "state_dict"}`` file (see :func:`save_checkpoint`).
+
+    Raises:
+        FileNotFoundError: no such file.
+        GenerationError: not a native-mm checkpoint, or the tokenizer set differs from the
+            one the model was trained with (fingerprints or vocabulary layout).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint file")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # a corrupt or foreign file
+        raise GenerationError(f"{path}: cannot load checkpoint ({type(e).__name__}: {e})") from None
+    manifest = ckpt.get("manifest", ckpt.get("vocab_manifest")) if isinstance(ckpt, dict) else None
+    if not isinstance(ckpt, dict) or "model_config" not in ckpt or not manifest:
+        raise GenerationError(
+            f"{path}: not a native-mm checkpoint (needs model_config, a vocabulary manifest "
+            "and state_dict)"
+        )
+    vocab = Vocab.from_manifest(manifest, source=f"{path} manifest")
+    if tokenizers is not None:
+        check_fingerprints(manifest, tokenizers.fingerprints(), source=str(path))
+        if tokenizers.vocab != vocab:
+            raise GenerationError(
+                f"{path}: the checkpoint's vocabulary {vocab} differs from the tokenizer "
+                f"set's {tokenizers.vocab}"
+            )
+    config = ModelConfig.from_dict(ckpt["model_config"], source=str(path))
+    state = ckpt["state_dict"]
+    if state and all(k.startswith("model.") for k in state):
+        state = {k[len("model.") :]: v for k, v in state.items()}
+    model = Transformer(config)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise GenerationError(f"{path}: weights do not fit model_config ({e})") from None
+    return model.eval(), vocab
+
+
+def save_checkpoint(path: str | Path, model: Transformer, manifest: dict) -> None:
+    """Write the plain inference checkpoint read by :func:`load_checkpoint`."""
+    save_torch(
+        path,
+        {
+            "model_config": model.config.to_dict(),
+            "manifest": manifest,
+            "state_dict": model.state_dict(),
+        },
+    )
