@@ -51,6 +51,29 @@ def write_json(path: str | Path, obj: Any) -> None:
         f.write("\n")
 
 
+def read_json(
+    path: str | Path,
+    default_name: str,
+    error: type[Exception] = ValueError,
+    what: str = "JSON",
+    hint: str = "",
+) -> tuple[Any, Path]:
+    """Read a JSON file (or ``default_name`` inside a directory) -> (object, file path).
+
+    A missing or malformed file raises ``error`` naming the file and ``what`` it should
+    be; ``hint`` is added to the missing-file message (e.g. which command makes it).
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / default_name
+    try:
+        return json.loads(path.read_text()), path
+    except FileNotFoundError:
+        raise error(f"{path}: no {what} there{hint}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise error(f"{path}: {what} is not valid JSON ({e})") from None
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

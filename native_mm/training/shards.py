@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from native_mm.io import atomic_write, sha256_file, write_json
+from native_mm.io import atomic_write, read_json, sha256_file, write_json
 from native_mm.vocab import MODALITIES, Vocab, VocabError
 
 SHARDS_VERSION = 1
@@ -57,15 +57,9 @@ def write_manifest(path: str | Path, manifest: dict) -> None:
 
 def read_manifest(path: str | Path) -> dict:
     """Read and verify a checksummed shard manifest (file, or the directory holding it)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "manifest.json"
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ShardError(f"{path}: no shard manifest (run `native-mm tokenize` first)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ShardError(f"{path}: corrupted shard manifest, not valid JSON ({e})") from None
+    manifest, path = read_json(
+        path, "manifest.json", ShardError, "shard manifest", " (run `native-mm tokenize` first)"
+    )
     if not isinstance(manifest, dict) or "checksum" not in manifest:
         raise ShardError(f"{path}: corrupted shard manifest (no checksum field)")
     body = {k: v for k, v in manifest.items() if k != "checksum"}
