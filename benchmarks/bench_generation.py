@@ -17,31 +17,12 @@ import json
 import time
 
 import torch
+from peers import hf_chameleon  # benchmarks/peers.py (the script's folder is on sys.path)
 
 from native_mm.constraints import OutputSpec
 from native_mm.generation import SamplingConfig, generate_ids
 from native_mm.model import ModelConfig, Transformer
 from native_mm.vocab import Vocab
-
-
-def build_hf(cfg: ModelConfig):
-    from transformers import ChameleonConfig, ChameleonForConditionalGeneration
-
-    hf_cfg = ChameleonConfig(
-        vocab_size=cfg.padded_vocab_size,
-        hidden_size=cfg.n_embd,
-        intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.n_layer,
-        num_attention_heads=cfg.n_head,
-        num_key_value_heads=cfg.n_kv_head,
-        max_position_embeddings=cfg.block_size,
-        rms_norm_eps=cfg.norm_eps,
-        vocabulary_map={"<image>": cfg.padded_vocab_size - 1},
-        image_token_id=cfg.padded_vocab_size - 1,
-        pad_token_id=0,
-        eos_token_id=2,
-    )
-    return ChameleonForConditionalGeneration(hf_cfg).eval()
 
 
 def time_ours(model, prompts, vocab, new_tokens: int, use_cache: bool, constrained: bool):
@@ -119,7 +100,7 @@ def main() -> None:
     vocab = Vocab(text_size=8192 - 16)  # 8192 ids: the bench preset's vocabulary
     cfg = ModelConfig.from_name("bench", vocab_size=vocab.size)
     ours = Transformer(cfg).eval()
-    hf = build_hf(cfg)
+    hf = hf_chameleon(cfg).eval()
     n_hf = sum(p.numel() for n, p in hf.named_parameters() if "vqmodel" not in n)
     print(f"native-mm params {ours.num_params() / 1e6:.2f}M, HF LM params {n_hf / 1e6:.2f}M")
     print(f"threads {args.threads}, prompt {args.prompt_len}, new tokens {args.new_tokens}")

@@ -28,6 +28,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from peers import hf_chameleon  # benchmarks/peers.py (the script's folder is on sys.path)
 
 from native_mm.model import ModelConfig, Transformer
 
@@ -98,25 +99,7 @@ def build_native(cfg: ModelConfig) -> torch.nn.Module:
 
 
 def build_chameleon(cfg: ModelConfig) -> torch.nn.Module:
-    from transformers import ChameleonConfig, ChameleonForConditionalGeneration
-
-    hf = ChameleonConfig(
-        vocab_size=cfg.padded_vocab_size,
-        hidden_size=cfg.n_embd,
-        intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.n_layer,
-        num_attention_heads=cfg.n_head,
-        num_key_value_heads=cfg.n_kv_head,
-        max_position_embeddings=cfg.block_size,
-        rms_norm_eps=cfg.norm_eps,
-        tie_word_embeddings=cfg.tie_embeddings,
-        vocabulary_map={"<image>": 0},  # required by the class; no image tokens are used
-        # the image VQ-GAN is part of the HF class but unused on token ids: keep it small
-        vq_config={"base_channels": 32, "channel_multiplier": [1, 2], "num_res_blocks": 1,
-                   "resolution": 32, "embed_dim": 32, "latent_channels": 32},
-    )  # fmt: skip
-    hf._attn_implementation = "sdpa"
-    model = ChameleonForConditionalGeneration(hf)
+    model = hf_chameleon(cfg)
     model.config.use_cache = False
     return model
 
