@@ -146,3 +146,43 @@ def test_documents_round_trip_through_tokenizers(tmp_path):
     media = decode_spans(codec.decode(enc.ids), tset)
     assert media[0] == "héllo 世界 🎉" and media[3] == "end"
     assert np.array_equal(media[1], img) and np.array_equal(media[2], aud)
+
+
+def media_segments():
+    """Random media-level segments: real text, image/audio code arrays (test doubles)."""
+    text = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=30)
+    image = st.tuples(st.integers(1, 12), st.integers(1, 12)).flatmap(
+        lambda hw: st.lists(
+            st.integers(0, 299), min_size=hw[0] * hw[1], max_size=hw[0] * hw[1]
+        ).map(lambda c: np.array(c).reshape(hw))
+    )
+    audio = st.integers(1, 10).flatmap(
+        lambda t: st.lists(st.integers(0, 39), min_size=3 * t, max_size=3 * t).map(
+            lambda c: np.array(c).reshape(3, t)
+        )
+    )
+    return st.one_of(
+        text.map(lambda s: ("text", s)), image.map(lambda a: ("image", a)),
+        audio.map(lambda a: ("audio", a)),
+    )  # fmt: skip
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(media_segments(), max_size=6))
+def test_documents_round_trip_with_the_real_text_tokenizer(text_tokenizer, segments):
+    """document -> ids -> document is exact (adjacent text segments read back as one)."""
+    tset = TokenizerSet(text_tokenizer, GridImage(300), CodeAudio(40, levels=3), image_max_grid=12)
+    codec = SequenceCodec(tset.vocab)
+    doc = SimpleNamespace(
+        id="d", source="t.jsonl:1", segments=[SimpleNamespace(kind=k, value=v) for k, v in segments]
+    )
+    expected = []
+    for kind, value in segments:
+        if expected and kind == "text" == expected[-1][0]:
+            expected[-1] = ("text", expected[-1][1] + value)
+        else:
+            expected.append((kind, value))
+    media = decode_spans(codec.decode(encode_document(doc, tset, codec).ids), tset)
+    assert len(media) == len(expected)
+    for got, (kind, want) in zip(media, expected, strict=True):
+        assert got == want if kind == "text" else np.array_equal(got, want)
