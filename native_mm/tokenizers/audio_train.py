@@ -450,9 +450,6 @@ def train(spec: AudioTrainSpec, out_dir: str | Path) -> AudioTokenizer:
     tok = module.tok
     tok.model.eval()
     tok.save(out_dir)
-    metrics = out_dir / "logs" / "version_0" / "metrics.csv"
-    if metrics.is_file():
-        (out_dir / "train_log.csv").write_text(metrics.read_text())
     with (out_dir / "train_log.txt").open("a") as f:
         f.write(
             json.dumps(
