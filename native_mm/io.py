@@ -74,6 +74,19 @@ def read_json(
         raise error(f"{path}: {what} is not valid JSON ({e})") from None
 
 
+def read_yaml(path: str | Path, error: type[Exception] = ValueError, what: str = "YAML") -> Any:
+    """Read a YAML file (empty file -> ``{}``); a missing or invalid file raises ``error``."""
+    import yaml
+
+    path = Path(path)
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise error(f"{path}: {what} not found") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise error(f"{path}: invalid YAML ({e})") from None
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

@@ -34,6 +34,8 @@ from typing import Any
 
 import yaml
 
+from native_mm.io import atomic_write, read_yaml, write_json
+
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("corpus", "text", "image", "audio", "tokenizers", "shards", "fit", "eval")
 
@@ -55,12 +57,7 @@ def deep_merge(base: dict, over: dict) -> dict:
 def load_recipe(path: str | Path, smoke: bool = False) -> dict:
     """Read a pipeline recipe; with ``smoke`` its ``smoke:`` block is merged over it."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise RecipeError(f"{path}: recipe not found") from None
-    except yaml.YAMLError as e:
-        raise RecipeError(f"{path}: invalid YAML ({e})") from None
+    raw = read_yaml(path, RecipeError, "recipe")
     smoke_block = raw.pop("smoke", {}) or {}
     if smoke:
         raw = deep_merge(raw, smoke_block)
@@ -199,10 +196,7 @@ class Pipeline:
         """Write the resolved LightningCLI config of the fit stage -> its path."""
         block = self.r.get("fit", {})
         base_path = resolve(block.get("recipe", "recipes/digits_lm.yaml"), self.src)
-        try:
-            base = yaml.safe_load(base_path.read_text()) or {}
-        except FileNotFoundError:
-            raise RecipeError(f"{self.src}: fit.recipe {base_path} not found") from None
+        base = read_yaml(base_path, RecipeError, f"fit.recipe of {self.src}")
         cfg = deep_merge(base, block.get("overrides", {}) or {})
         run_dir = self.paths["fit"]
         cfg = deep_merge(cfg, {
@@ -214,7 +208,8 @@ class Pipeline:
             cfg = deep_merge(cfg, {"run": {"threads": int(self.r["threads"])}})
         run_dir.mkdir(parents=True, exist_ok=True)
         path = run_dir / "lm_config.yaml"
-        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        with atomic_write(path, "w") as f:
+            f.write(yaml.safe_dump(cfg, sort_keys=False))
         return path
 
     def checkpoint(self) -> Path:
@@ -234,7 +229,6 @@ class Pipeline:
         fit_main(argv)
         if not self.checkpoint().is_file():
             raise RecipeError(f"fit finished without writing {self.checkpoint()}")
-        from native_mm.io import write_json
 
         write_json(done, {"checkpoint": str(self.checkpoint())})
         return None
@@ -280,7 +274,6 @@ class Pipeline:
         return report
 
     def report(self, total: float) -> dict:
-        from native_mm.io import atomic_write, write_json
 
         rep: dict[str, Any] = {
             "recipe": self.src,

@@ -29,6 +29,7 @@ from native_mm.tokenizers.base import TokenizerSet
 from native_mm.vocab import Vocab
 from tests import bad_inputs
 from tests.bad_inputs import EXPECTED, LINE_FAILURES
+from tests.test_sequence import merge_text
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -573,18 +574,6 @@ def test_fuzz_document_validator_10k(lines):
 FUZZ_VOCAB = Vocab(text_size=20, image_codes=16, audio_codes=8, audio_levels=2, image_max_grid=4)
 
 
-def _merge_text(spans: list) -> list:
-    from native_mm.sequence import Span
-
-    out = []
-    for s in spans:
-        if out and s.kind == out[-1].kind == "text":
-            out[-1] = Span("text", np.concatenate([out[-1].codes, s.codes]))
-        else:
-            out.append(s)
-    return out
-
-
 _SPECIAL_IDS = list(range(len(FUZZ_VOCAB.specials)))
 _BOUNDARIES = sorted({i for r in FUZZ_VOCAB.ranges.values() for i in (r.start, r.stop - 1)})
 _IDS = st.lists(
@@ -610,7 +599,7 @@ def _decode_property(ids: list[int]) -> None:
         assert not report.errors and strict == report.spans
     # whatever decoded is well-formed: it re-encodes and decodes to the same spans
     again = codec.decode(codec.encode(report.spans).ids, strict=True)
-    assert again == _merge_text(report.spans)
+    assert again == merge_text(report.spans)
 
 
 @fuzz(CI_EXAMPLES)

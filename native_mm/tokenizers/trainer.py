@@ -16,6 +16,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from native_mm.io import read_yaml
+
 T = TypeVar("T")
 
 
@@ -42,12 +44,7 @@ def load_spec(cls: type[T], path: str | Path, overrides: list[str] | None = None
     unknown keys are an error naming the file and the key.
     """
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise ValueError(f"{path}: spec file not found") from None
-    except yaml.YAMLError as e:
-        raise ValueError(f"{path}: invalid YAML ({e})") from None
+    raw = read_yaml(path, what="spec file")
     for item in overrides or []:
         key, sep, value = item.partition("=")
         if not sep:
