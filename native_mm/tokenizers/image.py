@@ -509,18 +509,8 @@ class ImageTokenizer(TorchTokenizer):
     def encode_batch(self, media: Sequence[ImageLike]) -> list[np.ndarray]:
         """Many images of any sizes -> list of ``(h, w)`` codes (same-size images batched)."""
         tensors = [self.prepare(m) for m in media]
-        out: list[np.ndarray | None] = [None] * len(tensors)
-        by_size: dict[tuple[int, ...], list[int]] = {}
-        for i, t in enumerate(tensors):
-            by_size.setdefault(tuple(t.shape), []).append(i)
-        bs = self.config.batch_size
-        for idx in by_size.values():
-            for s in range(0, len(idx), bs):
-                chunk = idx[s : s + bs]
-                codes = self.encode_tensor(torch.stack([tensors[i] for i in chunk]))
-                for i, c in zip(chunk, codes, strict=True):
-                    out[i] = c
-        return out  # type: ignore[return-value]
+        stack_encode = lambda ts: self.encode_tensor(torch.stack(ts))
+        return _map_by_shape(tensors, self.config.batch_size, stack_encode)
 
     def _check_codes(self, codes: np.ndarray) -> np.ndarray:
         codes = np.asarray(codes)
@@ -553,18 +543,8 @@ class ImageTokenizer(TorchTokenizer):
     def decode_batch(self, codes: Sequence[np.ndarray]) -> list[Image.Image]:
         """Many ``(h, w)`` code grids (any shapes) -> RGB PIL images."""
         grids = [self._check_codes(c) for c in codes]
-        out: list[Image.Image | None] = [None] * len(grids)
-        by_shape: dict[tuple[int, ...], list[int]] = {}
-        for i, g in enumerate(grids):
-            by_shape.setdefault(g.shape, []).append(i)
-        bs = self.config.batch_size
-        for idx in by_shape.values():
-            for s in range(0, len(idx), bs):
-                chunk = idx[s : s + bs]
-                x = self.decode_tensor(np.stack([grids[i] for i in chunk]))
-                for i, img in zip(chunk, x, strict=True):
-                    out[i] = tensor_to_pil(img)
-        return out  # type: ignore[return-value]
+        stack_decode = lambda gs: [tensor_to_pil(x) for x in self.decode_tensor(np.stack(gs))]
+        return _map_by_shape(grids, self.config.batch_size, stack_decode)
 
     # -- AnyRes
 
@@ -613,3 +593,21 @@ class ImageTokenizer(TorchTokenizer):
 
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # truncated files are errors, never half images
+
+
+def _map_by_shape(items: list, batch_size: int, fn) -> list:
+    """Apply ``fn`` to same-shape chunks of ``items`` (at most ``batch_size`` each).
+
+    ``fn`` maps a list of equally shaped items to one output per item; the outputs come
+    back in the order of ``items`` (images of different sizes cannot share a batch).
+    """
+    out: list = [None] * len(items)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, item in enumerate(items):
+        groups.setdefault(tuple(item.shape), []).append(i)
+    for idx in groups.values():
+        for s in range(0, len(idx), batch_size):
+            chunk = idx[s : s + batch_size]
+            for i, y in zip(chunk, fn([items[i] for i in chunk]), strict=True):
+                out[i] = y
+    return out
