@@ -32,7 +32,7 @@ TEXT_STATE, IMG_H, IMG_W, IMG_CODES, AUDIO_STATE, DONE = range(6)
 class OutputSpec:
     """What to generate."""
 
-    modality: str | None = None  # "text", "image", "audio", or None (the model chooses)
+    modality: str | None = None  # "text" (>= 1 text piece), "image", "audio", or None (any)
     image_size: tuple[int, int] | None = None  # forced image grid (h, w) in codes
     audio_frames: int | None = None  # forced audio length in code frames
     max_image_grid: int | None = None  # largest grid side the model may pick (None = vocab's)
@@ -87,9 +87,11 @@ class DecodeConstraint:
         self.grid_h = torch.zeros(b, dtype=torch.long)
         self.target = torch.zeros(b, dtype=torch.long)
         self.closed = torch.zeros(b, dtype=torch.long)
+        self.text_out = torch.zeros(b, dtype=torch.long)  # text pieces generated (not prompt)
         # Base masks per state; budget- and row-dependent parts are added in allowed().
         base = torch.zeros(6, width, dtype=torch.bool)
         text_r, img_r = v.ranges["text"], v.ranges["image"]
+        self.t0, self.t1 = text_r.start, text_r.stop
         base[TEXT_STATE, text_r.start : text_r.stop] = True
         base[TEXT_STATE, EOS] = True
         self.open_image = bool(v.image_codes) and spec.modality in (None, "image")
@@ -131,6 +133,7 @@ class DecodeConstraint:
         self.count = torch.where(to_img | to_aud | got_w, 0, self.count)
         self.count = self.count + (img_code | aud_code).long()
         self.closed = self.closed + closing.long()
+        self.text_out = self.text_out + (in_text & (tokens >= self.t0) & (tokens < self.t1)).long()
         new = s.clone()
         new[to_img], new[to_aud], new[to_done] = IMG_H, AUDIO_STATE, DONE
         new[got_h], new[got_w], new[closing] = IMG_W, IMG_CODES, TEXT_STATE
@@ -151,6 +154,8 @@ class DecodeConstraint:
             mask[text, BOI] = False
         if TEXT_STATE in present and budget < self.min_audio_span:
             mask[text, BOA] = False
+        if TEXT_STATE in present and self.spec.modality == "text":
+            mask[text & (self.text_out == 0), EOS] = False  # a forced text answer is not empty
         if present & {IMG_H, IMG_W, IMG_CODES}:
             self._image_rows(mask, budget)
         if AUDIO_STATE in present:
@@ -197,3 +202,4 @@ class DecodeConstraint:
         for t in range(longest):
             toks = torch.tensor([int(p[t]) if t < len(p) else PAD for p in prompts])
             self.advance(toks, torch.tensor([t < len(p) for p in prompts]))
+        self.text_out.zero_()  # count generated text only

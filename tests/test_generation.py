@@ -135,15 +135,20 @@ def test_sampling_is_seeded_and_greedy_is_argmax(model) -> None:
 
 
 # ---- the constraint state machine -------------------------------------------------------------
-def _reference_allowed(history: list[int], spec: OutputSpec, budget: int) -> set[int]:
-    """The allowed next ids after ``history``, by parsing it from the start with loops."""
+def _reference_allowed(
+    history: list[int], spec: OutputSpec, budget: int, n_prompt: int = 1
+) -> set[int]:
+    """The allowed next ids after ``history`` (its first ``n_prompt`` ids are the prompt),
+    by parsing it from the start with loops."""
     v, q = VOCAB, VOCAB.audio_levels
     g0, ng = v.ranges["image_grid"].start, v.ranges["image_grid"].size
-    state, count, h, target = "text", 0, 0, 0
-    for t in history:
+    state, count, h, target, texts = "text", 0, 0, 0, 0
+    text = set(range(v.ranges["text"].start, v.ranges["text"].stop))
+    for i, t in enumerate(history):
         if state == "text":
             state = {BOI: "h", BOA: "audio", EOS: "done"}.get(t, "text")
             count = 0
+            texts += i >= n_prompt and t in text
         elif state == "h":
             h, state = t - g0 + 1, "w"
         elif state == "w":
@@ -153,13 +158,12 @@ def _reference_allowed(history: list[int], spec: OutputSpec, budget: int) -> set
                 state = "text"
             else:
                 count += 1
-    text = set(range(v.ranges["text"].start, v.ranges["text"].stop))
     grids = range(1, ng + 1)
     max_grid = min(spec.max_image_grid or ng, ng)
     if state == "done":
         return {PAD}
     if state == "text":
-        allowed = text | {EOS}
+        allowed = text | ({EOS} if spec.modality != "text" or texts else set())
         hw = spec.image_size[0] * spec.image_size[1] if spec.image_size else 1
         if spec.modality in (None, "image") and budget >= hw + 4:
             allowed.add(BOI)
@@ -304,6 +308,19 @@ def test_stream_yields_the_segments_of_generate(mm_model, tokenizers, tmp_path) 
                 assert np.array_equal(np.asarray(a), np.asarray(b))
             else:
                 assert np.array_equal(a.samples, b.samples)
+
+
+def test_forced_text_never_answers_with_an_empty_text() -> None:
+    """With a forced text output ``<eos>`` is refused until one text piece is out (a model
+    that would stop at once after an image/audio prompt still answers)."""
+    t0 = VOCAB.ranges["text"].start
+    prompt = [torch.tensor([BOS, t0 + 3, BOA, EOA])]  # the prompt's own text does not count
+    for spec, first_eos in ((OutputSpec("text"), False), (OutputSpec(None), True)):
+        con = DecodeConstraint(SequenceCodec(VOCAB), 1, 256, spec)
+        con.state_after(prompt)
+        assert bool(con.allowed(10)[0, EOS]) is first_eos
+        con.advance(torch.tensor([t0 + 5]))
+        assert bool(con.allowed(9)[0, EOS])
 
 
 def test_stop_tokens_and_length(model) -> None:
