@@ -9,10 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from native_mm.constraints import GenerationError
-from native_mm.io import save_torch
+from native_mm.io import load_torch, torch_bytes, write_checked
 from native_mm.model import ModelConfig, Transformer
 from native_mm.vocab import Vocab, check_fingerprints
 
@@ -41,12 +39,10 @@ def load_checkpoint(
             one the model was trained with (fingerprints or vocabulary layout).
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint file")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # a corrupt or foreign file
-        raise GenerationError(f"{path}: cannot load checkpoint ({type(e).__name__}: {e})") from None
+    try:  # checksum beside the file verified first, then weights_only=True
+        ckpt = load_torch(path, map_location=map_location)
+    except ValueError as e:  # a corrupt, truncated or foreign file
+        raise GenerationError(str(e)) from None
     manifest = ckpt.get("manifest", ckpt.get("vocab_manifest")) if isinstance(ckpt, dict) else None
     if not isinstance(ckpt, dict) or "model_config" not in ckpt or not manifest:
         raise GenerationError(
@@ -74,12 +70,8 @@ def load_checkpoint(
 
 
 def save_checkpoint(path: str | Path, model: Transformer, manifest: dict) -> None:
-    """Write the plain inference checkpoint read by :func:`load_checkpoint`."""
-    save_torch(
-        path,
-        {
-            "model_config": model.config.to_dict(),
-            "manifest": manifest,
-            "state_dict": model.state_dict(),
-        },
-    )
+    """Write the plain inference checkpoint read by :func:`load_checkpoint` (atomically,
+    with its sha256 in ``NAME.sha256.json`` beside it)."""
+    obj = {"model_config": model.config.to_dict(), "manifest": manifest,
+           "state_dict": model.state_dict()}  # fmt: skip
+    write_checked(path, torch_bytes(obj))

@@ -85,8 +85,9 @@ def main(argv: list[str] | None = None) -> int:
             prog = "native-mm " + " ".join(argv[:n])
             try:
                 rc = getattr(importlib.import_module(module), func)(argv[n:], prog=prog)
-            except (ValueError, FileNotFoundError) as e:
-                # Errors a user can cause carry the file/record in their message.
+            except (ValueError, OSError) as e:
+                # Errors a user can cause carry the file/record in their message; an
+                # OSError names its file too ("[Errno 21] Is a directory: 'x'").
                 print(f"{prog}: error: {e}", file=sys.stderr)
                 return 1
             return int(rc or 0)

@@ -394,6 +394,16 @@ def main(argv: list[str] | None = None, prog: str = "native-mm eval") -> int:
     return 0
 
 
+def _make_out_dir(out: str | Path) -> None:
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out}: --out exists and is not a directory")
+    try:
+        (out / "wav").mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"{out}: cannot create the output directory ({e.strerror})") from None
+
+
 def evaluate_checkpoint(
     ckpt: str | Path, tokenizers_dir: str | Path, out: str | Path, cfg: EvalConfig,
     audio_root: str | None = None, progress: bool = True,
@@ -407,6 +417,9 @@ def evaluate_checkpoint(
     t0 = time.perf_counter()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    # Everything a user can get wrong is checked before the minutes of generation:
+    # the output directory, the tokenizer set, the checkpoint and their match.
+    _make_out_dir(out)
     tokenizers = TokenizerSet.load(tokenizers_dir)
     model, _ = load_checkpoint(ckpt, tokenizers)
     judges = Judges(audio_root)

@@ -2,7 +2,9 @@
 
 Everything the project writes goes through :func:`atomic_write` (temporary file in the
 same directory, fsync, rename), so a process killed mid-write never leaves a
-half-written file under the final name.
+half-written file under the final name. Checkpoints (Lightning ``.ckpt`` files and the
+plain inference file) also get a checksum beside them, ``NAME.sha256.json``
+(:func:`write_checked`), which :func:`load_torch` verifies before unpickling anything.
 """
 
 from __future__ import annotations
@@ -101,17 +103,82 @@ def sha256_file(path: str | Path) -> str:
 
 def save_torch(path: str | Path, obj: Any) -> str:
     """``torch.save`` atomically; returns the file's sha256."""
-    import torch
-
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    data = buf.getvalue()
+    data = torch_bytes(obj)
     write_bytes(path, data)
     return sha256_bytes(data)
 
 
-def load_torch(path: str | Path, expected_sha256: str | None = None) -> Any:
-    """Safe ``torch.load`` (``weights_only=True``) with an optional checksum check."""
+def torch_bytes(obj: Any) -> bytes:
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+# ---- checksummed checkpoints -------------------------------------------------------------
+def checksum_path(path: str | Path) -> Path:
+    """Where the checksum of a checkpoint lives: ``NAME.sha256.json`` beside it."""
+    path = Path(path)
+    return path.with_name(path.name + ".sha256.json")
+
+
+def write_checked(path: str | Path, data: bytes) -> str:
+    """Write ``data`` atomically with its sha256 beside it; returns the sha256.
+
+    The checksum file is written first and also records the sha256 of the file being
+    replaced, so a kill between the two renames leaves the old file still verifiable
+    (it matches ``previous_sha256``) rather than looking corrupt.
+    """
+    path = Path(path)
+    digest = sha256_bytes(data)
+    previous = sha256_file(path) if path.is_file() else None
+    write_json(
+        checksum_path(path),
+        {"file": path.name, "sha256": digest, "bytes": len(data), "previous_sha256": previous},
+    )
+    write_bytes(path, data)
+    return digest
+
+
+def verify_checked(path: str | Path, digest: str | None = None) -> bool:
+    """Check ``path`` against its ``NAME.sha256.json``; False when there is none.
+
+    Raises:
+        ValueError: the file does not match its checksum (truncated, altered or
+            replaced after it was written), or the checksum file is unreadable.
+    """
+    path = Path(path)
+    side = checksum_path(path)
+    if not side.is_file():
+        return False
+    meta, _ = read_json(side, side.name, what="checkpoint checksum")
+    if not isinstance(meta, dict) or not isinstance(meta.get("sha256"), str):
+        raise ValueError(f"{side}: malformed checkpoint checksum file (no sha256)")
+    digest = digest or sha256_file(path)
+    if digest not in (meta["sha256"], meta.get("previous_sha256")):
+        raise ValueError(
+            f"{path}: corrupted checkpoint (sha256 {digest[:16]}... does not match "
+            f"{meta['sha256'][:16]}... recorded in {side.name}); the file was truncated or "
+            "altered after it was written: resume from another checkpoint or delete it"
+        )
+    return True
+
+
+def remove_checked(path: str | Path) -> None:
+    """Delete a checkpoint and its checksum file (missing files are fine)."""
+    for p in (Path(path), checksum_path(path)):
+        p.unlink(missing_ok=True)
+
+
+def load_torch(
+    path: str | Path, expected_sha256: str | None = None, map_location: Any = "cpu"
+) -> Any:
+    """Safe ``torch.load`` (``weights_only=True``) after checking the file's checksum.
+
+    The checksum is ``expected_sha256`` when given (e.g. from a tokenizer's config.json),
+    else the ``NAME.sha256.json`` beside the file when there is one.
+    """
     import torch
 
     path = Path(path)
@@ -123,7 +190,43 @@ def load_torch(path: str | Path, expected_sha256: str | None = None) -> Any:
             f"{path}: checksum mismatch (expected sha256 {expected_sha256}, "
             f"got {sha256_bytes(data)}); the file is corrupt or was replaced"
         )
+    if expected_sha256 is None:
+        verify_checked(path, sha256_bytes(data))
     try:
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises many types for a corrupt/unsafe file
         raise ValueError(f"{path}: cannot load checkpoint ({type(e).__name__}: {e})") from None
+
+
+def __getattr__(name: str) -> Any:
+    # The Lightning plugin is built on first use: importing lightning takes ~4 s, and this
+    # module is imported by every verb (validate and tokenize never need Lightning).
+    if name == "ChecksummedCheckpointIO":
+        return _checkpoint_io_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _checkpoint_io_class() -> type:
+    """Lightning ``CheckpointIO``: atomic writes with a checksum, verified safe loads."""
+    from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+    class ChecksummedCheckpointIO(TorchCheckpointIO):
+        """Writes ``.ckpt`` files with :func:`write_checked`; loads them with :func:`load_torch`
+        (checksum verified, ``weights_only=True``); removes the checksum file with the file."""
+
+        def save_checkpoint(self, checkpoint: dict, path: Any, storage_options: Any = None) -> None:
+            write_checked(path, torch_bytes(checkpoint))
+
+        def load_checkpoint(
+            self, path: Any, map_location: Any = None, weights_only: Any = None
+        ) -> Any:
+            return load_torch(path, map_location=map_location or "cpu")
+
+        def remove_checkpoint(self, path: Any) -> None:
+            remove_checked(path)
+
+    # picklable by name (DDP spawn): native_mm.io.ChecksummedCheckpointIO
+    ChecksummedCheckpointIO.__module__ = __name__
+    ChecksummedCheckpointIO.__qualname__ = "ChecksummedCheckpointIO"
+    globals()["ChecksummedCheckpointIO"] = ChecksummedCheckpointIO
+    return ChecksummedCheckpointIO

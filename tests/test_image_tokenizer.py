@@ -326,7 +326,8 @@ def test_train_cli_rejects_bad_spec(tmp_path, capsys) -> None:
 
 
 def test_folder_and_jsonl_training_data(tmp_path) -> None:
-    from native_mm.tokenizers.image_train import build_dataset, image_paths
+    from native_mm.tokenizers.image_train import CropDataset, build_dataset, image_paths
+    from native_mm.tokenizers.trainer import DataReport
 
     folder = tmp_path / "imgs"
     (folder / "sub").mkdir(parents=True)
@@ -349,8 +350,12 @@ def test_folder_and_jsonl_training_data(tmp_path) -> None:
     assert [p.name for p in image_paths(docs)] == ["a.png", "c.jpg"]
     assert build_dataset(spec, str(docs), train=True)[1].shape == (3, 16, 16)
     (folder / "bad.png").write_bytes(b"")
-    with pytest.raises(MediaError, match="bad.png"):
-        build_dataset(spec, str(folder), train=False)[1]  # sorted: a.png, bad.png, ...
+    report = DataReport(folder)
+    val = build_dataset(spec, str(folder), train=False, report=report)  # decodes each once
+    assert len(val) == 3 and (report.used, dict(report.counts)) == (3, {"MediaError": 1})
+    assert "bad.png: empty (zero-byte) image file" in report.records[0]["message"]
+    with pytest.raises(MediaError, match="bad.png"):  # a file that breaks later still names it
+        CropDataset([folder / "bad.png"], 16, train=False)[0]
     with pytest.raises(ValueError, match="not an image folder"):
         build_dataset(spec, str(tmp_path / "missing"), train=True)
     (tmp_path / "empty").mkdir()

@@ -34,13 +34,12 @@ from tests.test_sequence import merge_text
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory, text_tokenizer) -> Path:
-    """Real text BPE + tiny random VQ-GAN and EnCodec, saved as a tokenizer set."""
+def tiny_tokenizer_set(text_tokenizer, out: Path, seed: int = 0) -> Path:
+    """Real text BPE + tiny random VQ-GAN and EnCodec (weights from ``seed``), saved."""
     from native_mm.tokenizers.audio import AudioConfig, AudioTokenizer
     from native_mm.tokenizers.image import ImageConfig, ImageTokenizer
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     image = ImageTokenizer(
         ImageConfig(factor=4, channels=64, channel_mult=(1, 1, 1), z_channels=8,
                     codebook_size=32, codebook_dim=4, kmeans_init=False, max_size=64)
@@ -49,9 +48,13 @@ def tokenizer_dir(tmp_path_factory, text_tokenizer) -> Path:
         AudioConfig(sample_rate=bad_inputs.AUDIO_SR, n_filters=4, ratios=[4, 4], dimension=8,
                     lstm=0, n_q=3, codebook_size=16, kmeans_iters=1)
     )  # fmt: skip
-    out = tmp_path_factory.mktemp("tok") / "tokenizers"
     TokenizerSet(text_tokenizer, image, audio, image_max_grid=16).save(out)
     return out
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory, text_tokenizer) -> Path:
+    return tiny_tokenizer_set(text_tokenizer, tmp_path_factory.mktemp("tok") / "tokenizers")
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +89,22 @@ def _line_of(corpus: Path) -> dict[str, int]:
     return lines
 
 
+def _validator_counts() -> dict[str, int]:
+    """The records of the bad corpus the document validator refuses, by reason."""
+    counts: dict[str, int] = {}
+    for stage, reason in EXPECTED.values():
+        if stage == "validate":
+            counts[reason] = counts.get(reason, 0) + 1
+    for reason in LINE_FAILURES:
+        counts[reason] = counts.get(reason, 0) + 1
+    return counts
+
+
+def _kept(out: Path) -> set[str]:
+    return {i for sh in sorted((out / "shards").glob("*.done.json"))
+            for i in json.loads(sh.read_text())["doc_ids"]}  # fmt: skip
+
+
 # ---- 1. the bad-input corpus through every verb ------------------------------------------
 def test_tokenize_skips_each_bad_record_with_a_counted_reason(tokenized, corpus):
     out, rc, err = tokenized
@@ -93,8 +112,7 @@ def test_tokenize_skips_each_bad_record_with_a_counted_reason(tokenized, corpus)
     assert "Traceback" not in err
     manifest = json.loads((out / "manifest.json").read_text())
     skipped = json.loads((out / "skipped.json").read_text())
-    kept = {i for sh in sorted((out / "shards").glob("*.done.json"))
-            for i in json.loads(sh.read_text())["doc_ids"]}  # fmt: skip
+    kept = _kept(out)
     assert kept == {k for k, (stage, _) in EXPECTED.items() if stage == "kept"}
     assert manifest["documents"] == len(kept)
     # Tokenizer refusals: one skipped.json record each, its reason and a message that names
@@ -108,12 +126,7 @@ def test_tokenize_skips_each_bad_record_with_a_counted_reason(tokenized, corpus)
         assert "/media/" in r["message"]
     # Validator refusals: counted by reason in the manifest's inputs, one message each.
     counts = manifest["inputs"][0]["skipped"]
-    want_counts: dict[str, int] = {}
-    for stage, reason in EXPECTED.values():
-        if stage == "validate":
-            want_counts[reason] = want_counts.get(reason, 0) + 1
-    for reason in LINE_FAILURES:
-        want_counts[reason] = want_counts.get(reason, 0) + 1
+    want_counts = _validator_counts()
     assert counts == want_counts
     invalid = [r for r in skipped["records"] if "id" not in r]
     assert len(invalid) == sum(want_counts.values()) == skipped["count"] - len(encode_skips)
@@ -725,3 +738,183 @@ def test_fit_refuses_a_corrupted_shard_naming_it(tokenized, tmp_path, capsys):
     assert cli(fit_args(bad, tmp_path / "run", 2)) == 1
     err = capsys.readouterr().err
     assert victim.name in err and "corrupted" in err and "Traceback" not in err
+
+
+# ---- 5. eval, image/audio tokenizer training, checkpoint checksums, long audio -------------
+def _run(argv: list[str], capsys) -> tuple[int, str]:
+    """A verb through ``cli.main`` -> (exit code, stderr); never a traceback."""
+    rc = cli(argv)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    return rc, err
+
+
+def _flip_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_eval_refuses_bad_checkpoints_tokenizers_and_out_dirs(
+    checkpoint, tokenizer_dir, text_tokenizer, tmp_path, capsys
+):
+    import shutil
+
+    from native_mm.io import checksum_path
+
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(checkpoint.read_bytes()[:1000])
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"weights": torch.zeros(3)}, foreign)
+    flipped = tmp_path / "flipped.pt"  # one byte changed after it was written
+    shutil.copy(checkpoint, flipped)
+    shutil.copy(checksum_path(checkpoint), checksum_path(flipped))
+    _flip_byte(flipped)
+    other = tiny_tokenizer_set(text_tokenizer, tmp_path / "other_set", seed=1)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a directory")
+    out = tmp_path / "eval"
+    cases = [
+        (tmp_path / "missing.ckpt", tokenizer_dir, out, "missing.ckpt: no such checkpoint file"),
+        (truncated, tokenizer_dir, out, "truncated.ckpt: cannot load checkpoint"),
+        (foreign, tokenizer_dir, out, "foreign.ckpt: not a native-mm checkpoint"),
+        (flipped, tokenizer_dir, out, "flipped.pt: corrupted checkpoint (sha256"),
+        (checkpoint, other, out, f"{checkpoint.name}: audio tokenizer fingerprint mismatch"),
+        (checkpoint, tmp_path / "nope", out, "nope: no vocabulary manifest there"),
+        (checkpoint, tokenizer_dir, a_file, "a_file: --out exists and is not a directory"),
+        (checkpoint, tokenizer_dir, a_file / "sub", "a_file/sub: cannot create the output dir"),
+    ]
+    for ckpt, tok, dest, message in cases:
+        rc, err = _run(["eval", "--ckpt", str(ckpt), "--tokenizers", str(tok), "--out", str(dest)],
+                       capsys)  # fmt: skip
+        assert rc == 1 and message in err, (message, err)
+
+
+def test_checksum_survives_a_kill_between_its_two_renames(tmp_path, monkeypatch):
+    import native_mm.io as nio
+
+    path = tmp_path / "last.ckpt"
+    nio.write_checked(path, nio.torch_bytes({"step": 1}))
+
+    def killed(p, data):  # the process dies after the checksum file was renamed into place
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(nio, "write_bytes", killed)
+    with pytest.raises(KeyboardInterrupt):
+        nio.write_checked(path, nio.torch_bytes({"step": 2}))
+    monkeypatch.undo()
+    assert nio.load_torch(path) == {"step": 1}  # the old file still verifies (previous_sha256)
+    nio.write_checked(path, nio.torch_bytes({"step": 3}))
+    assert nio.load_torch(path) == {"step": 3}
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(ValueError, match=r"last\.ckpt: corrupted checkpoint"):
+        nio.load_torch(path)
+
+
+def test_fit_checkpoints_carry_checksums_and_a_corrupted_one_is_refused(
+    text_shards_dir, tmp_path, capsys
+):
+    from native_mm.io import checksum_path, verify_checked
+    from native_mm.training.module import load_model
+    from tests.doubles import fit_args
+
+    out = tmp_path / "run"
+    assert cli(fit_args(text_shards_dir, out, 3)) == 0
+    ckpts = sorted((out / "checkpoints").glob("*.ckpt"))
+    assert [p.name for p in ckpts] == ["last.ckpt", "step0000003.ckpt"]
+    # one checksum per checkpoint: the removed step checkpoints took theirs with them
+    assert sorted((out / "checkpoints").glob("*.sha256.json")) == [checksum_path(p) for p in ckpts]
+    assert all(verify_checked(p) for p in ckpts)
+    last = out / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 3  # plain data only
+    _flip_byte(last)
+    with pytest.raises(ValueError, match=r"last\.ckpt: corrupted checkpoint"):
+        load_model(str(last))
+    rc, err = _run(fit_args(text_shards_dir, out, 5, "--ckpt_path", "last"), capsys)
+    assert rc == 1 and "last.ckpt: corrupted checkpoint" in err, err
+
+
+def test_tokenize_skips_audio_longer_than_max_seconds(tokenizer_dir, corpus, tmp_path, capsys,
+                                                      monkeypatch):  # fmt: skip
+    import soundfile
+
+    from native_mm.tokenizers.audio import read_audio
+    from native_mm.tokenizers.base import MediaTooLong
+
+    out = tmp_path / "out"
+    rc, _ = _run(["tokenize", str(corpus), "--tokenizers", str(tokenizer_dir), "--out", str(out),
+                  "--workers", "0", "--max-audio-seconds", "10"], capsys)  # fmt: skip
+    assert rc == 0
+    records = json.loads((out / "skipped.json").read_text())["records"]
+    too_long = [r for r in records if r["reason"] == "MediaTooLong"]
+    assert [r["id"] for r in too_long] == ["audio-long"]
+    assert f"docs.jsonl:{_line_of(corpus)['audio-long']}" in too_long[0]["message"]
+    assert "long.wav: 20.0 s of audio is longer than max_seconds=10" in too_long[0]["message"]
+    assert _kept(out) == {k for k, (s, _) in EXPECTED.items() if s == "kept"} - {"audio-long"}
+    # the duration comes from the header: no sample of a too-long file is read
+    monkeypatch.setattr(soundfile, "read", lambda *a, **k: pytest.fail("samples were read"))
+    with pytest.raises(MediaTooLong, match="long.wav"):
+        read_audio(corpus.parent / "media" / "long.wav", max_seconds=10)
+
+
+# image files of the bad corpus that the image reader refuses
+BAD_IMAGES = {"truncated.png", "zero.png", "corrupt.png", "truncated.jpg", "zero.jpg",
+              "corrupt.jpg", "notes.png", "bomb.png"}  # fmt: skip
+TINY_VQGAN = ["model.channels=8", "model.channel_mult=[1,1,1]", "model.z_channels=8",
+              "model.codebook_size=32", "batch_size=4", "sample_every=0", "sample_count=4",
+              "trainer.max_steps=1", "trainer.log_every=1"]  # fmt: skip
+
+
+def test_image_tokenizer_training_skips_and_counts_bad_images(corpus, tmp_path, capsys):
+    from native_mm.tokenizers.image import ImageTokenizer
+    from native_mm.tokenizers.image_train import ImageTrainSpec, build_dataset
+    from native_mm.tokenizers.trainer import DataReport
+
+    # A folder: every image file of the bad corpus (a_dir.png is a directory, not a file).
+    media = corpus.parent / "media"
+    report = DataReport(media)
+    ds = build_dataset(ImageTrainSpec(resolution=16), str(media), train=True, report=report)
+    assert {Path(r["file"]).name for r in report.records} == BAD_IMAGES
+    # good.png/.jpg, 1x1, 16-bit, CMYK and the symlink (a folder is the user's own: followed)
+    assert len(ds) == report.used == 6 and dict(report.counts) == {"MediaError": 8}
+    # The documents JSONL through the verb: refused records and unreadable images are
+    # counted in data_report.json, the 4 good images train and the tokenizer is saved.
+    out = tmp_path / "image"
+    rc, err = _run(["tokenizer", "train", "image", "--config",
+                    str(REPO / "tokenizers/image/digits.yaml"), "--out", str(out),
+                    f"data={corpus}", *TINY_VQGAN], capsys)  # fmt: skip
+    assert rc == 0
+    rep = json.loads((out / "data_report.json").read_text())["train"]
+    assert rep["used"] == 4 and rep["reasons"] == {"MediaError": 8, **_validator_counts()}
+    assert f"train data {corpus}: 4 used, 20 skipped" in err
+    files = {Path(r["file"]).name: r["message"] for r in rep["records"] if "file" in r}
+    assert set(files) == BAD_IMAGES and all(name in m for name, m in files.items())
+    assert "bomb.png: decompression bomb refused" in files["bomb.png"]
+    assert all(r["message"].startswith(f"{corpus}:") for r in rep["records"] if "source" in r)
+    assert ImageTokenizer.load(out).codebook_size == 32
+
+
+def test_audio_tokenizer_training_skips_and_counts_bad_audio(corpus, tmp_path, capsys):
+    from native_mm.tokenizers.audio import AudioTokenizer
+
+    out = tmp_path / "audio"
+    argv = ["tokenizer", "train", "audio", "--config", str(REPO / "tokenizers/audio/tiny.yaml"),
+            "--out", str(out), f"data.source={corpus}", "data.max_seconds=10",
+            "trainer.max_steps=1", "n_samples=1"]  # fmt: skip
+    rc, err = _run(argv, capsys)
+    assert rc == 0
+    rep = json.loads((out / "data_report.json").read_text())["train"]
+    # used: good, 44.1 kHz stereo, 6 channels, 11.025 kHz (resampled and mixed down)
+    assert rep["used"] == 4
+    assert rep["reasons"] == {"MediaError": 4, "MediaTooLong": 1, **_validator_counts()}
+    files = {Path(r["file"]).name: r for r in rep["records"] if "file" in r}
+    assert set(files) == {"unreadable.wav", "empty.wav", "nan.wav", "truncated.wav", "long.wav"}
+    assert all(name in r["message"] for name, r in files.items())
+    assert files["long.wav"]["reason"] == "MediaTooLong"
+    assert "NaN or infinite" in files["nan.wav"]["message"]
+    assert "no audio samples" in files["empty.wav"]["message"]
+    assert AudioTokenizer.load(out).codebook_size == 16
+    # a resume from a corrupted last.ckpt is refused, naming it
+    _flip_byte(out / "checkpoints" / "last.ckpt")
+    rc, err = _run([*argv, "trainer.max_steps=2"], capsys)
+    assert rc == 1 and "last.ckpt: corrupted checkpoint" in err, err

@@ -25,7 +25,13 @@ from typing import Any
 
 import numpy as np
 
-from native_mm.tokenizers.base import MediaError, TorchTokenizer, Waveform
+from native_mm.tokenizers.base import MediaError, MediaTooLong, TorchTokenizer, Waveform
+
+# Longest audio an AudioTokenizer encodes by default (an input policy, not part of the
+# config: it does not change any code, so it is not in the fingerprint). A file is checked
+# from its header before any sample is read; longer ones are MediaTooLong, which
+# `tokenize` skips and counts. One hour at 48 kHz stereo is ~1.4 GB of float32 samples.
+DEFAULT_MAX_SECONDS = 3600.0
 
 # Meta's published checkpoints: name -> (file name whose stem carries the sha256 prefix,
 # architecture overrides of AudioConfig).
@@ -144,19 +150,39 @@ def _check(samples: np.ndarray, where: str) -> np.ndarray:
     return samples
 
 
-def read_audio(path: str | Path) -> Waveform:
+def _check_duration(seconds: float, max_seconds: float | None, where: str) -> None:
+    if max_seconds is not None and seconds > max_seconds:
+        raise MediaTooLong(
+            f"{where}: {seconds:.1f} s of audio is longer than max_seconds={max_seconds:g} "
+            "(skipped; raise the limit to keep it)"
+        )
+
+
+def read_audio(path: str | Path, max_seconds: float | None = None) -> Waveform:
     """Read any file soundfile understands into a float32 ``(C, N)`` :class:`Waveform`.
+
+    Args:
+        path: the audio file.
+        max_seconds: refuse longer files (checked from the header before reading, and
+            again on the samples read); None = no limit.
 
     Raises:
         MediaError: missing, unreadable, empty, or NaN/inf-holding file (names the file).
+        MediaTooLong: longer than ``max_seconds``.
     """
     import soundfile as sf
 
     path = Path(path)
     try:
+        if max_seconds is not None:
+            info = sf.info(str(path))
+            _check_duration(info.frames / max(info.samplerate, 1), max_seconds, str(path))
         data, sr = sf.read(str(path), dtype="float32", always_2d=True)  # (N, C)
+    except MediaError:
+        raise
     except Exception as e:  # soundfile raises LibsndfileError / RuntimeError / OSError
         raise MediaError(f"{path}: cannot read audio ({type(e).__name__}: {e})") from None
+    _check_duration(data.shape[0] / sr, max_seconds, str(path))  # headers can be wrong
     return Waveform(_check(np.ascontiguousarray(data.T), str(path)), int(sr))
 
 
@@ -188,6 +214,7 @@ class AudioTokenizer(TorchTokenizer):
         super().__init__(config)
         self.model = build_encodec(config).eval()
         self.last_n_chunks = 0  # how many chunks the last encode() used (long inputs)
+        self.max_seconds: float | None = DEFAULT_MAX_SECONDS  # longer input: MediaTooLong
 
     @property
     def codebook_size(self) -> int:
@@ -266,9 +293,11 @@ class AudioTokenizer(TorchTokenizer):
     # ----------------------------------------------------------------- coding
     def _prepare(self, media: str | Path | Waveform) -> Any:
         if isinstance(media, Waveform):
+            _check_duration(media.duration, self.max_seconds, "<waveform>")
             return convert(media, self.sample_rate, self.config.channels)
         if isinstance(media, (str, Path)):
-            return convert(read_audio(media), self.sample_rate, self.config.channels, str(media))
+            wav = read_audio(media, self.max_seconds)
+            return convert(wav, self.sample_rate, self.config.channels, str(media))
         raise MediaError(f"cannot encode audio from {type(media).__name__}")
 
     def encode(self, media: str | Path | Waveform) -> np.ndarray:
@@ -276,6 +305,8 @@ class AudioTokenizer(TorchTokenizer):
 
         Raises:
             MediaError: unreadable/empty file, NaN or infinite samples.
+            MediaTooLong: longer than ``self.max_seconds`` (default
+                :data:`DEFAULT_MAX_SECONDS`; None = no limit).
         """
         import torch
 

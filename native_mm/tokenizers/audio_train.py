@@ -10,7 +10,10 @@ levels per batch) keeps the first levels useful alone, so fewer levels can be ch
 
 Data: the built-in spoken digits (train voices only), a folder of audio files, or the
 audio segments of a documents JSONL; random crops with augmentation (gain, speed/pitch
-by resampling, small noise).
+by resampling, small noise). Every file is read once before training: unreadable, empty,
+NaN-holding or longer-than-``data.max_seconds`` files and JSONL records the validator
+refuses are skipped and counted in ``OUT/data_report.json``; any rate and channel count
+is converted.
 
     native-mm tokenizer train audio --config tokenizers/audio/speech8k.yaml --out DIR [k=v ...]
     native-mm tokenizer eval audio --tokenizer DIR --data recipes/data/spoken_digits \\
@@ -34,7 +37,13 @@ from torch import nn
 
 from native_mm.tokenizers.audio import AudioConfig, AudioTokenizer, convert, read_audio
 from native_mm.tokenizers.base import MediaError, Waveform
-from native_mm.tokenizers.trainer import TrainerSpec, fit_tokenizer, load_spec
+from native_mm.tokenizers.trainer import (
+    DataReport,
+    TrainerSpec,
+    fit_tokenizer,
+    load_spec,
+    write_data_report,
+)
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".aiff", ".aif", ".au", ".mp3")
 
@@ -52,6 +61,7 @@ class AudioDataSpec:
     noise_snr_db: list[float] = dataclasses.field(default_factory=lambda: [30.0, 60.0])  # range
     augment: bool = True  # apply gain / speed / noise
     num_workers: int = 0  # DataLoader workers
+    max_seconds: float = 600.0  # longer files are skipped and counted (clips stay in memory)
 
 
 @dataclasses.dataclass
@@ -169,8 +179,12 @@ def feature_matching(
 
 
 # --------------------------------------------------------------------------- data
-def list_audio(spec: AudioDataSpec) -> list[Path]:
-    """Audio files of the data source (spoken digits: the training voices only)."""
+def list_audio(spec: AudioDataSpec, report: DataReport | None = None) -> list[Path]:
+    """Audio files of the data source (spoken digits: the training voices only).
+
+    With ``report``, bad JSONL records are skipped and counted there; without, the first
+    one raises :class:`native_mm.documents.DocumentError`.
+    """
     src = spec.source
     if src == "spoken_digits":
         from native_mm.data.speech import DEFAULT_DIR, read_manifest
@@ -178,13 +192,19 @@ def list_audio(spec: AudioDataSpec) -> list[Path]:
         return [c.path for c in read_manifest(spec.root or DEFAULT_DIR, split="train")]
     path = Path(src)
     if path.suffix == ".jsonl":
-        from native_mm.documents import read_documents
+        from native_mm.documents import SkipReport, read_documents
 
-        return [
-            Path(s.value) for d in read_documents(path) for s in d.segments if s.kind == "audio"
-        ]
+        skips = SkipReport()
+        on_error = "skip" if report is not None else "raise"
+        docs = read_documents(path, on_error=on_error, report=skips)
+        files = [Path(s.value) for d in docs for s in d.segments if s.kind == "audio"]
+        if report is not None:
+            report.add_invalid(skips)
+        return files
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+        files = sorted(
+            p for p in path.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file()
+        )
         if not files:
             raise ValueError(f"{path}: no audio files ({', '.join(AUDIO_SUFFIXES)})")
         return files
@@ -233,8 +253,12 @@ class ClipDataset(torch.utils.data.Dataset):
         return x
 
 
-def load_clips(files: list[Path], cfg: AudioConfig) -> list[torch.Tensor]:
-    return [convert(read_audio(f), cfg.sample_rate, cfg.channels, str(f)) for f in files]
+def load_clips(
+    files: list[Path], cfg: AudioConfig, max_seconds: float | None = None
+) -> list[torch.Tensor]:
+    return [
+        convert(read_audio(f, max_seconds), cfg.sample_rate, cfg.channels, str(f)) for f in files
+    ]
 
 
 # --------------------------------------------------------------------------- module
@@ -370,21 +394,24 @@ def render_samples(tok: AudioTokenizer, files: list[Path], out: Path, title: str
     plt.close(fig)
 
 
-def _sample_files(spec: AudioTrainSpec, n: int) -> list[Path]:
+def _sample_files(spec: AudioTrainSpec, n: int, usable: list[Path] | None = None) -> list[Path]:
+    """Held-out spoken digits, else the first ``n`` of ``usable`` (the files that read)."""
     if spec.data.source == "spoken_digits":
         from native_mm.data.speech import DEFAULT_DIR, read_manifest
 
         held = read_manifest(spec.data.root or DEFAULT_DIR, split="heldout")
         step = max(1, len(held) // max(n, 1))
         return [c.path for c in held[::step][:n]]
-    return list_audio(spec.data)[:n]
+    return (usable if usable is not None else list_audio(spec.data))[:n]
 
 
-def make_sample_callback(spec: AudioTrainSpec, out_dir: Path) -> Any:
+def make_sample_callback(
+    spec: AudioTrainSpec, out_dir: Path, usable: list[Path] | None = None
+) -> Any:
     import lightning as L
 
-    files = _sample_files(spec, spec.n_samples)
-    probe = load_clips(_sample_files(spec, 24), spec.model)  # held-out clips for a quick metric
+    files = _sample_files(spec, spec.n_samples, usable)
+    probe = load_clips(_sample_files(spec, 24, usable), spec.model)  # for a quick metric
 
     class Samples(L.Callback):
         """Renders samples every ``sample_every`` steps; stops at ``max_minutes``."""
@@ -431,8 +458,15 @@ def train(spec: AudioTrainSpec, out_dir: str | Path) -> AudioTokenizer:
     out_dir = Path(out_dir)
     if spec.trainer.num_threads:
         torch.set_num_threads(spec.trainer.num_threads)
-    files = list_audio(spec.data)
-    clips = load_clips(files, spec.model)
+    report = DataReport(spec.data.source)
+    cfg, limit = spec.model, spec.data.max_seconds
+    loaded = report.load(
+        list_audio(spec.data, report),
+        lambda f: convert(read_audio(f, limit), cfg.sample_rate, cfg.channels, str(f)),
+    )
+    report.check_nonempty("audio files")
+    write_data_report(out_dir, {"train": report})
+    files, clips = [f for f, _ in loaded], [c for _, c in loaded]
     n_items = spec.trainer.max_steps * spec.data.batch_size
     ds = ClipDataset(clips, spec.model.sample_rate, spec.data, n_items)
     loader = torch.utils.data.DataLoader(
@@ -445,7 +479,11 @@ def train(spec: AudioTrainSpec, out_dir: str | Path) -> AudioTokenizer:
     module = make_module(spec)
     t0 = time.time()
     trainer = fit_tokenizer(
-        module, loader, out_dir, spec.trainer, callbacks=[make_sample_callback(spec, out_dir)]
+        module,
+        loader,
+        out_dir,
+        spec.trainer,
+        callbacks=[make_sample_callback(spec, out_dir, files)],
     )
     tok = module.tok
     tok.model.eval()
@@ -466,7 +504,7 @@ def train(spec: AudioTrainSpec, out_dir: str | Path) -> AudioTokenizer:
         )
     render_samples(
         tok,
-        _sample_files(spec, spec.n_samples),
+        _sample_files(spec, spec.n_samples, files),
         out_dir / "samples" / "final",
         f"held-out voices, final (step {trainer.global_step})",
     )

@@ -38,6 +38,11 @@ class MediaError(ValueError):
     """Media that cannot be read or tokenized; the message names the file."""
 
 
+class MediaTooLong(MediaError):
+    """Readable media over a configured limit (audio longer than ``max_seconds``): skipped
+    and counted under this name, like any :class:`MediaError`, but not a corrupt file."""
+
+
 class Tokenizer(ABC):
     """Encode media -> local codes, decode codes -> media, save/load, fingerprint."""
 

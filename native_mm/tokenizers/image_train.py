@@ -10,7 +10,9 @@ Training data (``data``): ``digits`` (scikit-learn digits, fixed train split), `
 (scikit-learn's ``load_sample_images``: random scales and crops), a folder of images, or
 a documents JSONL (its image segments). Training crop policy for folders/JSONL: the
 image is converted to RGB, its shorter side resized to ``resolution`` and a random
-``resolution`` square cropped (centre crop for validation).
+``resolution`` square cropped (centre crop for validation). Every file is decoded once
+before training; the ones :func:`open_image` refuses and the JSONL records the validator
+refuses are skipped and counted in ``OUT/data_report.json``.
 """
 
 from __future__ import annotations
@@ -43,7 +45,13 @@ from native_mm.tokenizers.image import (
     tensor_to_pil,
     to_rgb,
 )
-from native_mm.tokenizers.trainer import TrainerSpec, fit_tokenizer, load_spec
+from native_mm.tokenizers.trainer import (
+    DataReport,
+    TrainerSpec,
+    fit_tokenizer,
+    load_spec,
+    write_data_report,
+)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 
@@ -170,34 +178,56 @@ def photo_images() -> list[Image.Image]:
     return [Image.fromarray(a) for a in load_sample_images().images]
 
 
-def image_paths(source: str | Path) -> list[Path]:
-    """An image folder (recursive) or a documents JSONL -> image file paths."""
+def image_paths(source: str | Path, report: DataReport | None = None) -> list[Path]:
+    """An image folder (recursive) or a documents JSONL -> image file paths.
+
+    With ``report``, bad JSONL records are skipped and counted there; without, the first
+    one raises :class:`native_mm.documents.DocumentError`.
+    """
     source = Path(source)
     if source.suffix == ".jsonl":
-        from native_mm.documents import read_documents
+        from native_mm.documents import SkipReport, read_documents
 
-        return [
+        skips = SkipReport()
+        on_error = "skip" if report is not None else "raise"
+        paths = [
             Path(seg.value)
-            for doc in read_documents(source)
+            for doc in read_documents(source, on_error=on_error, report=skips)
             for seg in doc.segments
             if seg.kind == "image"
         ]
+        if report is not None:
+            report.add_invalid(skips)
+        return paths
     if not source.is_dir():
         raise ValueError(f"{source}: not an image folder, a .jsonl file, 'digits' or 'photos'")
-    return sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(
+        p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+    )
 
 
-def build_dataset(spec: ImageTrainSpec, source: str, train: bool) -> Dataset:
+def build_dataset(
+    spec: ImageTrainSpec, source: str, train: bool, report: DataReport | None = None
+) -> Dataset:
+    """The dataset of ``source``; files are decoded once here and bad ones skipped and
+    counted in ``report`` (a fresh one when None)."""
     res = spec.resolution
+    report = report if report is not None else DataReport(source)
     if source == "digits":
-        return DigitsDataset("train" if train else "heldout", res, spec.model.resample)
-    if source == "photos":
+        ds: Dataset = DigitsDataset("train" if train else "heldout", res, spec.model.resample)
+    elif source == "photos":
         length = spec.photo_samples if train else 64
-        return CropDataset(photo_images(), res, length, spec.photo_scale, train, spec.hflip)
-    paths = image_paths(source)
-    if not paths:
-        raise ValueError(f"{source}: no images found")
-    return CropDataset(paths, res, None, None, train, spec.hflip, spec.model.max_pixels)
+        ds = CropDataset(photo_images(), res, length, spec.photo_scale, train, spec.hflip)
+    else:
+        paths = image_paths(source, report)
+        if not paths and not report.skipped:
+            raise ValueError(f"{source}: no images found")
+        max_pixels = spec.model.max_pixels
+        good = report.load(paths, lambda p: to_rgb(open_image(p, max_pixels), where=str(p)).size)
+        report.check_nonempty("images")
+        return CropDataset([p for p, _ in good], res, None, None, train, spec.hflip, max_pixels)
+    report.used = len(ds)
+    return ds
 
 
 # ---------------------------------------------------------------- losses
@@ -523,9 +553,14 @@ def train_main(argv: list[str] | None = None, prog: str = "native-mm tokenizer t
     out.mkdir(parents=True, exist_ok=True)
     if spec.trainer.num_threads:
         torch.set_num_threads(spec.trainer.num_threads)
-    train_ds = build_dataset(spec, spec.data, train=True)
+    reports = {"train": DataReport(spec.data)}
+    train_ds = build_dataset(spec, spec.data, train=True, report=reports["train"])
     val_source = spec.val_data or (spec.data if spec.data in ("digits", "photos") else "")
-    val_ds = build_dataset(spec, val_source, train=False) if val_source else None
+    val_ds = None
+    if val_source:
+        reports["val"] = DataReport(val_source)
+        val_ds = build_dataset(spec, val_source, train=False, report=reports["val"])
+    write_data_report(out, reports)
     loader = DataLoader(
         train_ds, spec.batch_size, shuffle=True, drop_last=len(train_ds) >= spec.batch_size,
         num_workers=spec.num_workers, persistent_workers=spec.num_workers > 0,

@@ -5,18 +5,27 @@ A spec YAML (``tokenizers/<modality>/*.yaml``) fills a modality's spec dataclass
 checkpoints under ``out_dir/checkpoints`` and resumes from ``last.ckpt`` when present.
 Each run (first or resumed) logs to its own ``out_dir/logs/version_N``; the runs' metrics
 are merged into ``out_dir/train_log.csv`` so a resumed run keeps the whole history.
+
+Training media from a folder or a documents JSONL are read once before training through
+the tokenizers' own readers; a file they refuse (corrupt, empty, a decompression bomb,
+NaN samples, too long, ...) and a record the document validator refuses are skipped,
+counted by reason and listed in ``out_dir/data_report.json`` (:class:`DataReport`).
 """
 
 from __future__ import annotations
 
+import collections
 import csv
 import dataclasses
+import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 
-from native_mm.io import read_yaml
+from native_mm.io import read_yaml, write_json
+from native_mm.tokenizers.base import MediaError
 
 T = TypeVar("T")
 
@@ -76,6 +85,67 @@ def _build(cls: type[T], raw: Any, where: str) -> T:
         raise ValueError(f"{where}: {e}") from None
 
 
+class DataReport:
+    """What one tokenizer-training data source gave: files used, and every file or record
+    skipped with its reason (validator reasons for JSONL records, the error class for
+    media: ``MediaError``, ``MediaTooLong``). Counts are exact; messages name the file."""
+
+    def __init__(self, source: str | Path) -> None:
+        self.source = str(source)
+        self.used = 0
+        self.counts: collections.Counter = collections.Counter()
+        self.records: list[dict] = []
+
+    def add_invalid(self, report: Any) -> None:
+        """Records a :class:`native_mm.documents.SkipReport` refused in a JSONL source."""
+        self.counts.update(report.counts)
+        self.records += [
+            {"source": src, "reason": "invalid_record", "validator_reason": why, "message": msg}
+            for (src, msg), why in zip(report.messages, report.reasons, strict=True)
+        ]
+
+    def load(self, paths: Iterable[Path], read: Callable[[Path], Any]) -> list[tuple[Path, Any]]:
+        """``read`` every file; a :class:`MediaError` is a counted skip. -> [(path, item)]."""
+        kept = []
+        for path in paths:
+            try:
+                kept.append((path, read(path)))
+            except MediaError as e:
+                reason = type(e).__name__
+                self.counts[reason] += 1
+                self.records.append({"file": str(path), "reason": reason, "message": str(e)})
+        self.used += len(kept)
+        return kept
+
+    @property
+    def skipped(self) -> int:
+        return sum(self.counts.values())
+
+    def as_dict(self) -> dict:
+        return {"source": self.source, "used": self.used, "skipped": self.skipped,
+                "reasons": dict(sorted(self.counts.items())), "records": self.records}  # fmt: skip
+
+    def summary(self) -> str:
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(self.counts.items()))
+        return f"{self.source}: {self.used} used, {self.skipped} skipped" + (
+            f" ({reasons})" if reasons else ""
+        )
+
+    def check_nonempty(self, what: str) -> None:
+        if not self.used:
+            first = f"; first: {self.records[0]['message']}" if self.records else ""
+            raise ValueError(f"{self.source}: no usable {what} ({self.summary()}){first}")
+
+
+def write_data_report(out_dir: str | Path, reports: dict[str, DataReport]) -> Path:
+    """``out_dir/data_report.json`` (split -> report); one summary line per split on stderr."""
+    path = Path(out_dir) / "data_report.json"
+    write_json(path, {split: r.as_dict() for split, r in reports.items()})
+    for split, r in reports.items():
+        print(f"{split} data {r.summary()} -> {path}", file=sys.stderr)
+    return path
+
+
 def fit_tokenizer(
     module: Any,
     train_loader: Any,
@@ -86,12 +156,15 @@ def fit_tokenizer(
 ) -> Any:
     """Fit ``module`` with Lightning, checkpointing to ``out_dir/checkpoints``.
 
-    Resumes from ``out_dir/checkpoints/last.ckpt`` if it exists. Returns the Trainer.
+    Resumes from ``out_dir/checkpoints/last.ckpt`` if it exists (its checksum is verified
+    first: a corrupted file is a ValueError naming it). Returns the Trainer.
     """
     import lightning as L
     import torch
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, WandbLogger
+
+    from native_mm.io import ChecksummedCheckpointIO
 
     out_dir = Path(out_dir)
     if spec.num_threads:
@@ -120,6 +193,7 @@ def fit_tokenizer(
         limit_val_batches=None if val_loader is not None else 0,
         enable_model_summary=False,
         default_root_dir=str(out_dir),
+        plugins=[ChecksummedCheckpointIO()],  # atomic .ckpt + sha256, verified on resume
     )
     last = ckpt_dir / "last.ckpt"
     trainer.fit(

@@ -12,7 +12,6 @@ shard manifest, so the model's vocabulary always matches the data.
 
 from __future__ import annotations
 
-import io
 import os
 import sys
 import warnings
@@ -20,25 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_warn
 
-from native_mm.io import write_bytes
+from native_mm.io import ChecksummedCheckpointIO
 from native_mm.training.data import ShardDataModule
 from native_mm.training.module import LanguageModule
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """``torch.save`` into memory, then an atomic rename: a kill never leaves half a file."""
-
-    def save_checkpoint(self, checkpoint: dict, path: Any, storage_options: Any = None) -> None:
-        buf = io.BytesIO()
-        torch.save(checkpoint, buf)
-        write_bytes(path, buf.getvalue())
 
 
 def _vocab_manifest(data: ShardDataModule) -> dict:
@@ -93,7 +82,8 @@ class FitCLI(LightningCLI):
             kwargs["logger"] = self._loggers(run, out)
         strategy = str(tcfg.get("strategy")) + type(tcfg.get("strategy")).__name__
         if not tcfg.get("plugins") and "fsdp" not in strategy.lower():
-            kwargs["plugins"] = [AtomicCheckpointIO()]
+            # atomic writes, a sha256 beside each .ckpt, verified when resuming
+            kwargs["plugins"] = [ChecksummedCheckpointIO()]
         keys = self._parser(self.subcommand).callback_keys
         extra = [self._get(self.config_init, c) for c in keys]
         config = {**self._get(self.config_init, "trainer", default={}), **kwargs}

@@ -27,6 +27,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
+from native_mm.io import load_torch
 from native_mm.model import ModelConfig, Transformer
 from native_mm.vocab import MODALITIES, Vocab, VocabError, manifest_digest
 
@@ -302,16 +303,15 @@ def load_model(
     Returns:
         ``(model in eval mode, the checkpoint's vocabulary manifest)``.
     """
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such checkpoint") from None
-    except Exception as e:  # corrupt or foreign file
-        raise ValueError(f"{path}: cannot load checkpoint ({type(e).__name__}: {e})") from None
-    if "model_config" not in ckpt:
+    # checksum beside the file verified, then weights_only=True; errors name the file
+    ckpt = load_torch(path, map_location=map_location)
+    if not isinstance(ckpt, dict) or "model_config" not in ckpt:
         raise ValueError(f"{path}: not a native-mm checkpoint (no model_config)")
     check_vocab(ckpt.get("vocab_manifest"), vocab_manifest, str(path))
     model = Transformer(ModelConfig.from_dict(ckpt["model_config"], source=str(path)))
     state = {k[len("model.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise ValueError(f"{path}: weights do not fit model_config ({e})") from None
     return model.eval(), ckpt.get("vocab_manifest") or {}

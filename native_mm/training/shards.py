@@ -143,12 +143,16 @@ class _Job:
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(tokenizers: Any, audio_levels: int | None) -> None:
+def _init_worker(
+    tokenizers: Any, audio_levels: int | None, max_audio_seconds: float | None = None
+) -> None:
     from native_mm.sequence import SequenceCodec
     from native_mm.tokenizers.base import TokenizerSet
 
     if not isinstance(tokenizers, TokenizerSet):
         tokenizers = TokenizerSet.load(tokenizers)
+    if max_audio_seconds is not None and hasattr(tokenizers.audio, "max_seconds"):
+        tokenizers.audio.max_seconds = max_audio_seconds
     if "torch" in sys.modules:  # one intra-op thread per worker: the workers are the parallelism
         sys.modules["torch"].set_num_threads(1)
     _WORKER["tokenizers"] = tokenizers
@@ -191,6 +195,7 @@ def tokenize(
     workers: int = 2,
     audio_levels: int | None = None,
     log: Any = print,
+    max_audio_seconds: float | None = None,
 ) -> dict:
     """Documents JSONL files -> packed shards in ``out_dir``; returns the manifest.
 
@@ -202,6 +207,9 @@ def tokenize(
         workers: encoding processes (0 = encode in this process).
         audio_levels: RVQ levels per audio frame (None = all of the vocabulary's).
         log: progress printer.
+        max_audio_seconds: longer audio files are skipped (``MediaTooLong`` in
+            skipped.json) before their samples are read (None = the audio tokenizer's
+            default, ``tokenizers.audio.DEFAULT_MAX_SECONDS``).
     """
     from native_mm.documents import SkipReport, read_documents
     from native_mm.tokenizers.base import TokenizerSet
@@ -230,6 +238,8 @@ def tokenize(
         "audio_levels": audio_levels,
         "version": SHARDS_VERSION,
     }
+    if max_audio_seconds is not None:  # only when set: earlier builds keep their key
+        build["max_audio_seconds"] = max_audio_seconds
     build_key = _json_digest(build)
     _remove_stale_temp_files(out_dir)
     n_shards = max(1, -(-len(docs) // docs_per_shard))
@@ -247,12 +257,13 @@ def tokenize(
     if todo and workers > 0:
         ctx = mp.get_context("spawn")  # fork after torch threads start can deadlock
         arg = tokenizers if isinstance(tokenizers, TokenizerSet) else str(tokenizers)
-        with ctx.Pool(min(workers, len(todo)), _init_worker, (arg, audio_levels)) as pool:
+        init = (arg, audio_levels, max_audio_seconds)
+        with ctx.Pool(min(workers, len(todo)), _init_worker, init) as pool:
             for marker in pool.imap_unordered(_run_job, todo):
                 markers[marker["index"]] = marker
                 log(f"  shard {marker['index']:05d}: {marker['documents']} docs")
     elif todo:
-        _init_worker(tset, audio_levels)
+        _init_worker(tset, audio_levels, max_audio_seconds)
         for job in todo:
             markers[job.index] = _run_job(job)
     manifest = _build_manifest(out_dir, markers, n_shards, vocab_manifest, build_key, input_info)
@@ -422,6 +433,10 @@ def main(argv: list[str] | None = None, prog: str = "native-mm tokenize") -> int
     p.add_argument("--docs-per-shard", type=int, default=512)
     p.add_argument("--workers", type=int, default=2, help="encoding processes (0 = inline)")
     p.add_argument("--audio-levels", type=int, default=None)
+    p.add_argument(
+        "--max-audio-seconds", type=float, default=None,
+        help="skip longer audio (counted as MediaTooLong; default: the tokenizer's, 3600)",
+    )  # fmt: skip
     args = p.parse_args(argv)
     manifest = tokenize(
         args.inputs,
@@ -431,6 +446,7 @@ def main(argv: list[str] | None = None, prog: str = "native-mm tokenize") -> int
         workers=args.workers,
         audio_levels=args.audio_levels,
         log=lambda s: print(s, file=sys.stderr),
+        max_audio_seconds=args.max_audio_seconds,
     )
     print(json.dumps({k: manifest[k] for k in ("documents", "tokens", "modality_tokens")}))
     return 0
