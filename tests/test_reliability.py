@@ -918,3 +918,99 @@ def test_audio_tokenizer_training_skips_and_counts_bad_audio(corpus, tmp_path, c
     _flip_byte(out / "checkpoints" / "last.ckpt")
     rc, err = _run([*argv, "trainer.max_steps=2"], capsys)
     assert rc == 1 and "last.ckpt: corrupted checkpoint" in err, err
+
+
+# ---- 6. SIGKILL during tokenizer training: the resumed run ends bit-identical -----------------
+def _kill_training_and_resume(
+    cmd: list[str], out: Path, kills: int, seed: int, finish_here: bool = False
+) -> list[int]:
+    """Run ``cmd`` (a ``tokenizer train`` into ``out``) and SIGKILL it ``kills`` times, each
+    after a random number (1-3) of new checkpoint writes plus 0-30 ms; then let it finish
+    (in this process with ``finish_here``: saves a ~6 s interpreter start and import).
+    Returns the step of ``last.ckpt`` at each kill (it must always load)."""
+    from native_mm.io import checksum_path, load_torch
+
+    rng = random.Random(seed)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    side = checksum_path(out / "checkpoints" / "last.ckpt")
+    steps = []
+
+    def version() -> str:
+        return side.read_text() if side.exists() else ""
+
+    for _ in range(kills):
+        seen, writes, target = version(), 0, rng.randint(1, 3)
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE)  # fmt: skip
+        deadline = time.time() + 180
+        while proc.poll() is None and time.time() < deadline and writes < target:
+            if (now := version()) != seen:
+                seen, writes = now, writes + 1
+            time.sleep(0.002)
+        time.sleep(rng.uniform(0, 0.03))
+        finished = proc.poll() is not None
+        proc.send_signal(signal.SIGKILL)
+        err = proc.communicate()[1].decode()
+        assert not finished, f"training ended before the kill:\n{err[-2000:]}"
+        steps.append(load_torch(out / "checkpoints" / "last.ckpt")["global_step"])
+    if finish_here:
+        assert cli(cmd[3:]) == 0  # cmd[3:]: the verb's arguments after `python -m native_mm.cli`
+        return steps
+    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr[-3000:]
+    return steps
+
+
+def _same_training_result(ref: Path, out: Path, steps: int) -> None:
+    """Tokenizer files byte-identical; last.ckpt's weights, optimiser and RNG states equal."""
+    from native_mm.io import load_torch
+
+    for name in ("weights.pt", "config.json", "data_report.json"):
+        assert (out / name).read_bytes() == (ref / name).read_bytes(), name
+    a, b = (load_torch(d / "checkpoints" / "last.ckpt") for d in (ref, out))
+    assert a["global_step"] == b["global_step"] == steps
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    assert repr(a["optimizer_states"]) == repr(b["optimizer_states"])
+    rng = [next(v for k, v in c["callbacks"].items() if "RNGState" in k) for c in (a, b)]
+    assert torch.equal(rng[0]["torch"], rng[1]["torch"]) and rng[0]["python"] == rng[1]["python"]
+
+
+def _audio_train_cmd(corpus: Path, out: Path, steps: int) -> list[str]:
+    return [sys.executable, "-m", "native_mm.cli", "tokenizer", "train", "audio", "--config",
+            str(REPO / "tokenizers/audio/tiny.yaml"), "--out", str(out), f"data.source={corpus}",
+            f"trainer.max_steps={steps}", "trainer.checkpoint_every=1", "n_samples=1"]  # fmt: skip
+
+
+def _image_train_cmd(corpus: Path, out: Path, steps: int) -> list[str]:
+    return [sys.executable, "-m", "native_mm.cli", "tokenizer", "train", "image", "--config",
+            str(REPO / "tokenizers/image/digits.yaml"), "--out", str(out), f"data={corpus}",
+            *TINY_VQGAN[:-2], f"trainer.max_steps={steps}", "trainer.checkpoint_every=1",
+            "disc_start=3"]  # fmt: skip
+
+
+def test_audio_tokenizer_training_killed_resumes_bit_identical(corpus, tmp_path, capsys):
+    """One SIGKILL of ``tokenizer train audio`` on the dirty corpus (the discriminator
+    starts at step 2, quantizer dropout draws from Python's RNG every step); the resume
+    runs the same verb in this process."""
+    steps = 8
+    ref = tmp_path / "ref"
+    assert cli(_audio_train_cmd(corpus, ref, steps)[3:]) == 0
+    out = tmp_path / "killed"
+    cmd = _audio_train_cmd(corpus, out, steps)
+    killed_at = _kill_training_and_resume(cmd, out, 1, seed=0, finish_here=True)
+    assert all(0 < s < steps for s in killed_at), killed_at
+    _same_training_result(ref, out, steps)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["image", "audio"])
+def test_tokenizer_training_killed_three_times_resumes_bit_identical(kind, corpus, tmp_path):
+    steps = 20
+    make = _image_train_cmd if kind == "image" else _audio_train_cmd
+    ref = tmp_path / "ref"
+    assert cli(make(corpus, ref, steps)[3:]) == 0
+    out = tmp_path / "killed"
+    killed_at = _kill_training_and_resume(make(corpus, out, steps), out, 3, seed=1)
+    assert all(0 < s < steps for s in killed_at), killed_at
+    _same_training_result(ref, out, steps)

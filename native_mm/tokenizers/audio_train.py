@@ -42,6 +42,7 @@ from native_mm.tokenizers.trainer import (
     TrainerSpec,
     fit_tokenizer,
     load_spec,
+    make_train_loader,
     write_data_report,
 )
 
@@ -215,11 +216,17 @@ class ClipDataset(torch.utils.data.Dataset):
     """Random fixed-length crops of in-memory clips with gain/speed/noise augmentation."""
 
     def __init__(
-        self, clips: list[torch.Tensor], sample_rate: int, spec: AudioDataSpec, length: int
+        self,
+        clips: list[torch.Tensor],
+        sample_rate: int,
+        spec: AudioDataSpec,
+        length: int,
+        seed: int = 0,
     ) -> None:
         if not clips:
             raise ValueError("no training audio")
         self.clips, self.sr, self.spec, self.length = clips, sample_rate, spec, length
+        self.seed = seed  # item i draws from (seed, i) only: resumable, worker-independent
         self.seg = int(spec.segment_seconds * sample_rate)
 
     def __len__(self) -> int:
@@ -228,7 +235,7 @@ class ClipDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> torch.Tensor:
         import torchaudio.functional as AF
 
-        rng = random.Random(i * 7919 + torch.initial_seed())
+        rng = random.Random(i * 7919 + self.seed)
         x = self.clips[rng.randrange(len(self.clips))]  # (C, N)
         s = self.spec
         if s.augment and s.speed[1] > s.speed[0]:
@@ -468,14 +475,11 @@ def train(spec: AudioTrainSpec, out_dir: str | Path) -> AudioTokenizer:
     write_data_report(out_dir, {"train": report})
     files, clips = [f for f, _ in loaded], [c for _, c in loaded]
     n_items = spec.trainer.max_steps * spec.data.batch_size
-    ds = ClipDataset(clips, spec.model.sample_rate, spec.data, n_items)
-    loader = torch.utils.data.DataLoader(
-        ds,
-        batch_size=spec.data.batch_size,
-        shuffle=True,
-        num_workers=spec.data.num_workers,
-        drop_last=True,
+    ds = ClipDataset(clips, spec.model.sample_rate, spec.data, n_items, spec.trainer.seed)
+    loader = make_train_loader(
+        ds, spec.data.batch_size, spec.trainer, num_workers=spec.data.num_workers
     )
+    torch.manual_seed(spec.trainer.seed)  # the initial weights too: reproducible runs
     module = make_module(spec)
     t0 = time.time()
     trainer = fit_tokenizer(

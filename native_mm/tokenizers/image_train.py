@@ -50,6 +50,7 @@ from native_mm.tokenizers.trainer import (
     TrainerSpec,
     fit_tokenizer,
     load_spec,
+    make_train_loader,
     write_data_report,
 )
 
@@ -114,7 +115,7 @@ class DigitsDataset(Dataset):
     def __getitem__(self, i: int) -> torch.Tensor:
         from native_mm.data import digits
 
-        img = to_rgb(digits.to_pil(self.images[i], size=8))
+        img = to_rgb(digits.to_pil(self.images[i % len(self.images)], size=8))  # see below
         return pil_to_tensor(img.resize((self.size, self.size), self.resample))
 
 
@@ -123,6 +124,10 @@ class CropDataset(Dataset):
 
     Each item picks an image, rescales it by a factor in ``scale`` (photos) or so that
     its shorter side equals ``resolution`` (files), and crops a ``resolution`` square.
+    Training items draw from ``(seed, index)``: the same index gives the same crop, and
+    :class:`~native_mm.tokenizers.trainer.ResumableBatchSampler` gives each epoch new
+    indices (``epoch * len + i``), so a resumed run sees the crops an uninterrupted one
+    would.
     """
 
     def __init__(
@@ -134,12 +139,13 @@ class CropDataset(Dataset):
         train: bool = True,
         hflip: bool = False,
         max_pixels: int = 64_000_000,
+        seed: int = 0,
     ) -> None:
         if not sources:
             raise ValueError("no training images found")
         self.sources, self.res, self.scale = sources, resolution, scale
         self.length, self.train, self.hflip = length or len(sources), train, hflip
-        self.max_pixels = max_pixels
+        self.max_pixels, self.seed = max_pixels, seed
 
     def __len__(self) -> int:
         return self.length
@@ -151,7 +157,7 @@ class CropDataset(Dataset):
         return to_rgb(open_image(src, self.max_pixels), where=str(src))
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        rng = np.random.default_rng(None if self.train else i)
+        rng = np.random.default_rng([self.seed, i] if self.train else i)
         img = self._image(int(rng.integers(len(self.sources))) if self.train else i)
         w, h = img.size
         s = self.res / min(w, h)
@@ -217,7 +223,8 @@ def build_dataset(
         ds: Dataset = DigitsDataset("train" if train else "heldout", res, spec.model.resample)
     elif source == "photos":
         length = spec.photo_samples if train else 64
-        ds = CropDataset(photo_images(), res, length, spec.photo_scale, train, spec.hflip)
+        ds = CropDataset(photo_images(), res, length, spec.photo_scale, train, spec.hflip,
+                         seed=spec.trainer.seed)  # fmt: skip
     else:
         paths = image_paths(source, report)
         if not paths and not report.skipped:
@@ -225,7 +232,8 @@ def build_dataset(
         max_pixels = spec.model.max_pixels
         good = report.load(paths, lambda p: to_rgb(open_image(p, max_pixels), where=str(p)).size)
         report.check_nonempty("images")
-        return CropDataset([p for p, _ in good], res, None, None, train, spec.hflip, max_pixels)
+        paths = [p for p, _ in good]
+        return CropDataset(paths, res, None, None, train, spec.hflip, max_pixels, spec.trainer.seed)
     report.used = len(ds)
     return ds
 
@@ -561,14 +569,15 @@ def train_main(argv: list[str] | None = None, prog: str = "native-mm tokenizer t
         reports["val"] = DataReport(val_source)
         val_ds = build_dataset(spec, val_source, train=False, report=reports["val"])
     write_data_report(out, reports)
-    loader = DataLoader(
-        train_ds, spec.batch_size, shuffle=True, drop_last=len(train_ds) >= spec.batch_size,
-        num_workers=spec.num_workers, persistent_workers=spec.num_workers > 0,
+    loader = make_train_loader(
+        train_ds, spec.batch_size, spec.trainer, drop_last=len(train_ds) >= spec.batch_size,
+        num_workers=spec.num_workers,
     )  # fmt: skip
     val_loader = DataLoader(val_ds, 64, num_workers=0) if val_ds is not None else None
     sample_src = val_ds if val_ds is not None else train_ds
     n = min(spec.sample_count, len(sample_src))
     samples = torch.stack([sample_src[i] for i in range(n)])
+    torch.manual_seed(spec.trainer.seed)  # the initial weights too: reproducible runs
     module = VQGANModule(spec)
     t0 = time.perf_counter()
     fit_tokenizer(

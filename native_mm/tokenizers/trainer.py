@@ -6,6 +6,15 @@ checkpoints under ``out_dir/checkpoints`` and resumes from ``last.ckpt`` when pr
 Each run (first or resumed) logs to its own ``out_dir/logs/version_N``; the runs' metrics
 are merged into ``out_dir/train_log.csv`` so a resumed run keeps the whole history.
 
+Exact resume. Lightning restarts a plain DataLoader from the beginning of its epoch and
+does not save random-number state, so a resumed run would see other batches and other
+random draws than the uninterrupted one. :func:`make_train_loader` batches through a
+:class:`ResumableBatchSampler` (the order depends only on the seed and on how many steps
+were trained), and :func:`fit_tokenizer` stores torch's and Python's global RNG states
+in every checkpoint and restores them on resume: a run killed and resumed from
+``last.ckpt`` ends with the same weights, bit for bit, as one never interrupted
+(single device, ``num_workers=0`` or workers that draw only from the item index).
+
 Training media from a folder or a documents JSONL are read once before training through
 the tokenizers' own readers; a file they refuse (corrupt, empty, a decompression bomb,
 NaN samples, too long, ...) and a record the document validator refuses are skipped,
@@ -17,6 +26,7 @@ from __future__ import annotations
 import collections
 import csv
 import dataclasses
+import random
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -146,6 +156,68 @@ def write_data_report(out_dir: str | Path, reports: dict[str, DataReport]) -> Pa
     return path
 
 
+class ResumableBatchSampler:
+    """Index batches whose order depends only on ``seed`` and the step reached.
+
+    Epoch ``e`` is a permutation of ``range(n)`` drawn from ``seed + e`` (the identity
+    without ``shuffle``); its index ``i`` is yielded as ``e * n + i`` so that datasets
+    drawing augmentations from the index get new ones each epoch (they take ``i % n``
+    to pick an item). With ``trainer`` set, iteration starts at batch
+    ``trainer.global_step`` (one optimiser step per batch), which is what lets a resumed
+    run continue exactly where its checkpoint was written.
+    """
+
+    def __init__(
+        self, n: int, batch_size: int, shuffle: bool = True, drop_last: bool = True, seed: int = 0
+    ) -> None:
+        self.n, self.batch_size, self.shuffle, self.drop_last = n, batch_size, shuffle, drop_last
+        self.seed = seed
+        self.trainer: Any = None  # set by fit_tokenizer
+
+    def __len__(self) -> int:
+        return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
+
+    def __iter__(self) -> Any:
+        import torch
+
+        per_epoch = len(self)
+        if per_epoch == 0:
+            return
+        start = int(self.trainer.global_step) if self.trainer is not None else 0
+        epoch, first = divmod(start, per_epoch)
+        if self.shuffle:
+            order = torch.randperm(
+                self.n, generator=torch.Generator().manual_seed(self.seed + epoch)
+            )
+        else:
+            order = torch.arange(self.n)
+        b = self.batch_size
+        for j in range(first, per_epoch):
+            yield [epoch * self.n + int(i) for i in order[j * b : (j + 1) * b]]
+
+
+def make_train_loader(
+    dataset: Any, batch_size: int, spec: TrainerSpec, drop_last: bool = True,
+    num_workers: int = 0,
+) -> Any:  # fmt: skip
+    """The training DataLoader of a tokenizer: shuffled, resumable on one device.
+
+    With several devices Lightning shards a plain shuffled loader itself (and a resumed
+    run then restarts its epoch), so that case keeps ``shuffle=True``.
+    """
+    import torch
+    from torch.utils.data import DataLoader
+
+    common = dict(num_workers=num_workers, persistent_workers=num_workers > 0)
+    if spec.devices not in (1, "1"):
+        return DataLoader(dataset, batch_size, shuffle=True, drop_last=drop_last, **common)
+    sampler = ResumableBatchSampler(len(dataset), batch_size, True, drop_last, spec.seed)
+    # its own generator: the workers' base seed must not draw from the global RNG, whose
+    # state is saved in the checkpoints
+    gen = torch.Generator().manual_seed(spec.seed)
+    return DataLoader(dataset, batch_sampler=sampler, generator=gen, **common)
+
+
 def fit_tokenizer(
     module: Any,
     train_loader: Any,
@@ -180,13 +252,25 @@ def fit_tokenizer(
         # version=None: a resumed run gets a new folder (a fixed version would delete the
         # earlier run's metrics.csv); merge_logs() stitches them together afterwards.
         logger = CSVLogger(save_dir=str(out_dir), name="logs")
+
+    class RNGState(L.Callback):
+        """torch's and Python's global RNG states in every checkpoint, restored on resume
+        (quantizer dropout, dead-code re-seeding and the GAN draw from them)."""
+
+        def state_dict(self) -> dict:
+            return {"torch": torch.get_rng_state(), "python": random.getstate()}
+
+        def load_state_dict(self, state: dict) -> None:
+            torch.set_rng_state(state["torch"])
+            random.setstate(state["python"])
+
     trainer = L.Trainer(
         max_steps=spec.max_steps,
         precision=spec.precision,
         accelerator=spec.accelerator,
         devices=spec.devices,
         logger=logger,
-        callbacks=[checkpoint, *(callbacks or [])],
+        callbacks=[checkpoint, RNGState(), *(callbacks or [])],
         log_every_n_steps=spec.log_every,
         val_check_interval=spec.val_every or None,
         check_val_every_n_epoch=None if spec.val_every else 1,
@@ -195,6 +279,9 @@ def fit_tokenizer(
         default_root_dir=str(out_dir),
         plugins=[ChecksummedCheckpointIO()],  # atomic .ckpt + sha256, verified on resume
     )
+    sampler = getattr(train_loader, "batch_sampler", None)
+    if isinstance(sampler, ResumableBatchSampler):
+        sampler.trainer = trainer  # start where the checkpoint left off
     last = ckpt_dir / "last.ckpt"
     trainer.fit(
         module,
