@@ -299,7 +299,7 @@ def test_train_cli_resume_and_eval(tmp_path) -> None:
     assert cli_main([*args, "trainer.max_steps=5"]) == 0  # resumes from last.ckpt (step 3)
     rows = (out / "train_log.csv").read_text().split("\n")
     header = rows[0].split(",")
-    ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 5  # the end of a run is always checkpointed
     assert ckpt["hyper_parameters"]["spec"]["model"]["codebook_size"] == 32
     steps = [int(r.split(",")[header.index("step")]) for r in rows[1:] if r]

@@ -1014,3 +1014,24 @@ def test_tokenizer_training_killed_three_times_resumes_bit_identical(kind, corpu
     killed_at = _kill_training_and_resume(make(corpus, out, steps), out, 3, seed=1)
     assert all(0 < s < steps for s in killed_at), killed_at
     _same_training_result(ref, out, steps)
+
+
+def test_every_torch_load_in_the_package_is_weights_only():
+    """Project-written files are only ever unpickled with ``weights_only=True`` (all go
+    through ``native_mm.io.load_torch``); this checks the source for any other call."""
+    import ast
+
+    calls = []
+    for path in sorted((REPO / "native_mm").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            f = node.func if isinstance(node, ast.Call) else None
+            if (
+                isinstance(f, ast.Attribute)
+                and f.attr == "load"
+                and getattr(f.value, "id", "") == "torch"
+            ):
+                kw = {k.arg: k.value for k in node.keywords}
+                safe = isinstance(kw.get("weights_only"), ast.Constant) and kw["weights_only"].value
+                calls.append((f"{path.relative_to(REPO)}:{node.lineno}", safe))
+    assert calls and all(safe for _, safe in calls), calls
+    assert all(where.startswith("native_mm/io.py:") for where, _ in calls), calls  # one reader

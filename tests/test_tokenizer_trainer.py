@@ -37,10 +37,10 @@ def test_last_checkpoint_at_end_and_logs_survive_resume(tmp_path):
     spec = TrainerSpec(max_steps=3, checkpoint_every=100, log_every=1, accelerator="cpu")
     fit_tokenizer(Tiny(), loader(), tmp_path, spec)
     last = tmp_path / "checkpoints" / "last.ckpt"
-    assert torch.load(last, weights_only=False)["global_step"] == 3
+    assert torch.load(last, weights_only=True)["global_step"] == 3
     spec = dataclasses.replace(spec, max_steps=5)
     fit_tokenizer(Tiny(), loader(), tmp_path, spec)  # resumes from step 3
-    assert torch.load(last, weights_only=False)["global_step"] == 5
+    assert torch.load(last, weights_only=True)["global_step"] == 5
     with open(tmp_path / "train_log.csv") as f:
         steps = [int(r["step"]) for r in csv.DictReader(f) if r.get("loss")]
     assert steps == [0, 1, 2, 3, 4]

@@ -192,14 +192,14 @@ def test_exact_resume_after_kill(shards, tmp_path):
     ckpt = killed / "checkpoints" / "last.ckpt"
     deadline = time.time() + 90
     while time.time() < deadline and proc.poll() is None:
-        if ckpt.exists() and torch.load(ckpt, weights_only=False)["global_step"] >= 3:
+        if ckpt.exists() and torch.load(ckpt, weights_only=True)["global_step"] >= 3:
             break
         time.sleep(0.2)
     alive = proc.poll() is None
     os.kill(proc.pid, signal.SIGKILL)
     err = proc.communicate()[1]
     assert alive, f"run ended before it could be killed:\n{err[-3000:]}"
-    step = torch.load(ckpt, weights_only=False)["global_step"]
+    step = torch.load(ckpt, weights_only=True)["global_step"]
     assert 3 <= step < n
     _fit(fit_args(shards, tmp_path / "resumed", n, "--ckpt_path", str(ckpt)))
     resumed = step_losses(tmp_path / "resumed")
