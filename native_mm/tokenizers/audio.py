@@ -228,6 +228,15 @@ class AudioTokenizer(TorchTokenizer):
     def sample_rate(self) -> int:
         return self.config.sample_rate
 
+    def code_vectors(self) -> np.ndarray:
+        """``(n_levels, K, dimension)``: each RVQ level's codebook (the residuals it adds)."""
+        import torch
+
+        layers = self.model.quantizer.vq.layers[: self.n_levels]
+        ids = torch.arange(self.codebook_size)[None]  # (1, K)
+        with torch.no_grad():
+            return np.stack([layer.decode(ids)[0].T.numpy() for layer in layers]).astype(np.float32)
+
     # ----------------------------------------------------------------- pretrained
     @classmethod
     def from_pretrained(

@@ -22,8 +22,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from native_mm.io import load_torch, save_torch, write_json
-from native_mm.vocab import Vocab, VocabError, check_fingerprints, load_manifest
+from native_mm.io import atomic_write, load_torch, save_torch, write_json
+from native_mm.vocab import Vocab, VocabError, check_fingerprints, load_manifest, manifest_digest
+
+CODE_VECTORS = "code_vectors.npz"  # written beside manifest.json by TokenizerSet.save
 
 # Configs store names, not classes: modality -> "module:Class".
 TOKENIZER_CLASSES: dict[str, str] = {
@@ -65,6 +67,11 @@ class Tokenizer(ABC):
     @abstractmethod
     def decode(self, codes: np.ndarray) -> Any:
         """Local codes -> media (``str``, ``PIL.Image.Image`` or :class:`Waveform`)."""
+
+    def code_vectors(self) -> np.ndarray | None:
+        """``(n_levels, codebook_size, d)`` float32: the latent vector each code stands for
+        (what the decoder reads), or None when codes have no geometry (text pieces)."""
+        return None
 
     @abstractmethod
     def fingerprint(self) -> str:
@@ -209,7 +216,15 @@ class TokenizerSet:
         directory = Path(directory)
         for modality, tok in self.items():
             tok.save(directory / modality)
-        write_json(directory / "manifest.json", self.manifest())
+        vectors = self.code_vectors()
+        if vectors:  # the LM may start its media embeddings from them (model.code_vectors)
+            with atomic_write(directory / CODE_VECTORS, "wb") as f:
+                np.savez(f, manifest_digest=manifest_digest(self.manifest()), **vectors)
+        write_json(directory / "manifest.json", self.manifest())  # last: marks the set done
+
+    def code_vectors(self) -> dict[str, np.ndarray]:
+        """``{modality: (levels, K, d)}`` for the tokenizers whose codes have vectors."""
+        return {m: v for m, t in self.items() if (v := t.code_vectors()) is not None}
 
     @classmethod
     def load(cls, directory: str | Path) -> TokenizerSet:

@@ -470,6 +470,12 @@ class ImageTokenizer(TorchTokenizer):
     def factor(self) -> int:
         return self.config.factor
 
+    @torch.no_grad()
+    def code_vectors(self) -> np.ndarray:
+        """``(1, K, z_channels)``: each code's latent as the decoder receives it."""
+        ids = torch.arange(self.codebook_size)[None]  # (1, K)
+        return self.model.quantizer.decode_indices(ids).float().numpy()
+
     # -- preprocessing
 
     def load_rgb(self, media: ImageLike) -> Image.Image:

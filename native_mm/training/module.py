@@ -84,6 +84,9 @@ class LanguageModule(L.LightningModule):
             which Lightning's AMP plugin refuses (foreach is used then).
         max_nonfinite_steps: steps with a non-finite loss or gradient that are skipped
             before the run stops with :class:`NonFiniteError`.
+        code_vectors: ``code_vectors.npz`` of the tokenizer set (written beside its
+            manifest): image/audio code embeddings start from the codes' latent vectors
+            (:func:`init_code_embeddings`); None = plain random init.
     """
 
     def __init__(
@@ -103,6 +106,7 @@ class LanguageModule(L.LightningModule):
         compile: bool = False,
         fused_adamw: bool = True,
         max_nonfinite_steps: int = 10,
+        code_vectors: str | None = None,
     ) -> None:
         super().__init__()
         arch = arch if arch is not None else ModelConfig()
@@ -132,6 +136,9 @@ class LanguageModule(L.LightningModule):
         """Build the transformer (under the strategy's init context, e.g. FSDP's)."""
         if self.model is None:
             self.model = Transformer(self.config)
+            if self.hparams.get("code_vectors"):  # a resumed run then loads its own weights
+                init_code_embeddings(self.model, self.hparams.vocab_manifest,
+                                     self.hparams.code_vectors)  # fmt: skip
             if self.hparams.compile:
                 self.model.compile()
 
@@ -289,6 +296,56 @@ class LanguageModule(L.LightningModule):
                 if stored_cfg.get(k) != v
             }
             raise ValueError(f"checkpoint: model config differs from the current one {diff}")
+
+
+def init_code_embeddings(
+    model: Transformer, vocab_manifest: dict | None, path: str, seed: int = 0
+) -> dict[str, int]:
+    """Start the embedding rows of image/audio codes from the tokenizers' code vectors.
+
+    Each modality's ``d``-dim vectors (``(levels, K, d)`` in ``path``) go through one fixed
+    random projection to the model width (seeded: every rank gets the same), are centred and
+    scaled to ``init_std``: codes that decode alike start close together, so the LM reads
+    them as points of the tokenizer's latent space rather than unrelated symbols.
+
+    Returns:
+        ``{modality: rows initialised}``.
+    """
+    import numpy as np
+
+    if vocab_manifest is None:
+        raise VocabError(f"{path}: code vectors need the data's vocabulary manifest")
+    try:
+        data = dict(np.load(path))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such code vectors file") from None
+    except Exception as e:
+        raise ValueError(f"{path}: cannot read code vectors ({type(e).__name__}: {e})") from None
+    digest = str(data.pop("manifest_digest", ""))
+    if digest != manifest_digest(vocab_manifest):
+        raise VocabError(
+            f"{path}: code vectors of tokenizer set {digest or '<none>'}, but the data uses "
+            f"{_describe(vocab_manifest)}"
+        )
+    vocab = Vocab.from_manifest(vocab_manifest, "vocab_manifest")
+    gen = torch.Generator().manual_seed(seed)
+    weight, done = model.wte.weight, {}
+    for modality, vectors in sorted(data.items()):
+        levels, k, d = vectors.shape
+        starts = [vocab.ranges["image"].start] if modality == "image" else [
+            vocab.audio_range(q).start for q in range(min(levels, vocab.audio_levels))
+        ]  # fmt: skip
+        size = vocab.image_codes if modality == "image" else vocab.audio_codes
+        if k != size:
+            raise VocabError(f"{path}: {modality} has {k} codes, the vocabulary {size}")
+        proj = torch.randn(d, weight.shape[1], generator=gen)  # one space for all levels
+        with torch.no_grad():
+            for level, start in enumerate(starts):
+                e = torch.from_numpy(vectors[level]).float() @ proj  # (K, D)
+                e = e - e.mean(0)
+                weight[start : start + k] = e * (model.config.init_std / e.std().clamp(min=1e-8))
+        done[modality] = k * len(starts)
+    return done
 
 
 def load_model(
