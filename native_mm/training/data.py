@@ -16,7 +16,10 @@ sequence (like GPT/LLaMA pretraining); instead the loss mask handles the boundar
 * ``<eos>`` is a target, so the model learns where documents end.
 
 Modality dropout removes a whole ``<boi> ... <eoi>`` (or ``<boa> ... <eoa>``) span with
-probability ``image_dropout`` / ``audio_dropout`` per span.
+probability ``image_dropout`` / ``audio_dropout`` per span. ``text_dropout`` removes, with
+its probability, each run of text between the media spans of a multimodal document (the
+closing ``<eos>`` stays; documents without media spans are left alone), so a model cannot
+always read the answer from the text when the image or audio gives it too.
 
 Conditioning dropout (classifier-free guidance). With probability ``cond_dropout`` per
 image/audio span, everything before the span's opening marker except ``<bos>`` is
@@ -42,7 +45,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from native_mm.training.shards import ShardError, ShardSet
-from native_mm.vocab import BOA, BOI, BOS, EOA, EOI, manifest_digest
+from native_mm.vocab import BOA, BOI, BOS, EOA, EOI, EOS, manifest_digest
 
 
 @dataclass
@@ -52,9 +55,12 @@ class DropoutConfig:
     image_dropout: float = 0.0  # drop a whole image span with this probability
     audio_dropout: float = 0.0  # drop a whole audio span with this probability
     cond_dropout: float = 0.0  # drop a media span's whole context -> <bos> <boi>... (CFG)
+    text_dropout: float = 0.0  # drop each text run between media spans (multimodal docs)
 
     def active(self) -> bool:
-        return bool(self.image_dropout or self.audio_dropout or self.cond_dropout)
+        return bool(
+            self.image_dropout or self.audio_dropout or self.cond_dropout or self.text_dropout
+        )
 
 
 def _spans(ids: np.ndarray) -> list[tuple[int, int, str]]:
@@ -81,22 +87,31 @@ def transform_document(
         return ids, loss
     bos = 1 if len(ids) and ids[0] == BOS else 0
     pieces_ids, pieces_loss, pos = [ids[:bos]], [loss[:bos]], bos
+
+    def text(a: int, b: int) -> None:  # the text run ids[a:b], unless text dropout drops it
+        # no draw when text_dropout is 0: the other dropouts' random stream is unchanged
+        if b > a and not (cfg.text_dropout and rng.random() < cfg.text_dropout):
+            pieces_ids.append(ids[a:b])
+            pieces_loss.append(loss[a:b])
+
     for start, stop, kind in spans:
         p_drop = cfg.image_dropout if kind == "image" else cfg.audio_dropout
         drop = rng.random() < p_drop
         uncond = rng.random() < cfg.cond_dropout
         if drop:
-            pieces_ids.append(ids[pos:start])
-            pieces_loss.append(loss[pos:start])
+            text(pos, start)
         elif uncond:  # <bos> + the span: its whole conditioning context is dropped
             pieces_ids = [ids[:bos], ids[start:stop]]
             pieces_loss = [loss[:bos], loss[start:stop]]
         else:
-            pieces_ids.append(ids[pos:stop])
-            pieces_loss.append(loss[pos:stop])
+            text(pos, start)
+            pieces_ids.append(ids[start:stop])
+            pieces_loss.append(loss[start:stop])
         pos = stop
-    pieces_ids.append(ids[pos:])
-    pieces_loss.append(loss[pos:])
+    end = len(ids) - 1 if len(ids) > pos and ids[-1] == EOS else len(ids)
+    text(pos, end)
+    pieces_ids.append(ids[end:])
+    pieces_loss.append(loss[end:])
     return np.concatenate(pieces_ids), np.concatenate(pieces_loss)
 
 
