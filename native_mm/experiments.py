@@ -220,13 +220,15 @@ DATA_STAGES = ("corpus", "text", "image", "audio", "tokenizers", "shards")
 def prepare_digits(
     out: str | Path, smoke: bool = False, overrides: dict | None = None,
     recipe: str | Path = REPO / "recipes" / "digits.yaml", log: Any = print,
+    stages: tuple[str, ...] = DATA_STAGES,
 ) -> dict[str, Path]:  # fmt: skip
     """The main job's data stages (corpus -> tokenizers -> shards) into ``out``.
 
     Each stage is skipped when its output exists, so several notebooks share one build.
     ``smoke`` merges the recipe's ``smoke:`` block (a tiny corpus) but keeps the shipped
     image and audio tokenizers, so nothing is trained. Returns the pipeline's paths
-    (``corpus``, ``tokenizers``, ``shards``, ...).
+    (``corpus``, ``tokenizers``, ``shards``, ...). ``stages`` may leave some out (e.g. the
+    shards, when a notebook tokenizes the corpus itself with other settings).
     """
     from native_mm.pipeline import Pipeline, load_recipe
 
@@ -240,7 +242,7 @@ def prepare_digits(
     r = deep_merge(r, {"threads": 1, "tokenize": {"workers": 0}})
     r = deep_merge(r, overrides or {})
     p = Pipeline(r, out, log=log)
-    p.run(DATA_STAGES)
+    p.run(tuple(st for st in DATA_STAGES if st in stages))
     return p.paths
 
 
@@ -255,6 +257,31 @@ def tokenize_documents(
     if not (out / "manifest.json").is_file():
         tokenize([documents], out, tokenizers, docs_per_shard=4096, workers=0,
                  audio_levels=audio_levels, log=lambda s: None)  # fmt: skip
+    return out
+
+
+def speech_subset(out: str | Path, train_voices: int, heldout_voices: int) -> Path:
+    """A spoken-digits directory (``manifest.csv`` only, absolute paths) holding the first
+    ``train_voices`` / ``heldout_voices`` voices of the committed clips: smoke runs of
+    evaluations that read a whole manifest (e.g. ``tokenizers.audio_train.evaluate``)."""
+    from native_mm.data import speech
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    keep = {"train": train_voices, "heldout": heldout_voices}
+    voices: dict[str, list[str]] = {}
+    rows = []
+    for c in speech.read_manifest():
+        vs = voices.setdefault(c.split, [])
+        if c.voice not in vs and len(vs) < keep.get(c.split, 0):
+            vs.append(c.voice)
+        if c.voice in vs:
+            rows.append(c)
+    with atomic_write(out / "manifest.csv", "w") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "digit", "voice", "split"])
+        for c in rows:
+            w.writerow([str(Path(c.path).resolve()), c.digit, c.voice, c.split])
     return out
 
 
@@ -362,6 +389,32 @@ def competition_eval(
         pred = judge(judges, "audio", run(direction, its))
         out[key] = float(np.mean(pred == np.array([it.digit for it in its])))
     return out
+
+
+def direction_accuracy(
+    checkpoint: str | Path, tokenizers_dir: str | Path, direction: str, cfg: Any,
+    judges: Any = None,
+) -> dict[str, float]:  # fmt: skip
+    """Held-out accuracy of one direction (e.g. ``"text->audio"``) -> accuracy, seconds.
+
+    The prompts, generation and judging of ``native-mm eval`` (:mod:`native_mm.evaluation`),
+    for one direction only; ``cfg`` is its :class:`EvalConfig` (``max_items``,
+    ``audio_levels``, ...).
+    """
+    from native_mm.checkpoint import load_checkpoint
+    from native_mm.evaluation import Judges, build_items, judge, model_generator
+    from native_mm.tokenizers.base import TokenizerSet
+
+    tokenizers = TokenizerSet.load(tokenizers_dir)
+    model, _ = load_checkpoint(checkpoint, tokenizers)
+    judges = judges or Judges()
+    items = build_items(cfg)[direction]
+    t0 = time.perf_counter()
+    outputs = model_generator(model, tokenizers, cfg)(direction, items)
+    seconds = time.perf_counter() - t0
+    pred = judge(judges, direction.split("->")[1], outputs)
+    acc = float(np.mean(pred == np.array([it.digit for it in items])))
+    return {"accuracy": acc, "n": len(items), "seconds": round(seconds, 1)}
 
 
 # ---- notebook set-up ------------------------------------------------------------------------

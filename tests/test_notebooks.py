@@ -9,6 +9,7 @@ and shared by all notebooks. A cell that raises fails the test.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -106,11 +107,20 @@ def test_text_dropout_drops_text_runs_of_multimodal_documents() -> None:
 
 # ---- the notebooks -------------------------------------------------------------------------
 @pytest.fixture(scope="session")
-def smoke_work(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One smoke data build (tiny corpus, shipped tokenizers, shards) for every notebook."""
+def smoke_kernel(tmp_path_factory: pytest.TempPathFactory):
+    """One kernel for every notebook (torch and Lightning are imported once, which is most
+    of a smoke run's time), started with ``NMM_SMOKE=1`` and ``NMM_WORK`` set to one
+    session directory: the first notebook's ``prepare_digits`` builds the smoke corpus,
+    tokenizer set and shards there, and the others reuse them."""
+    pytest.importorskip("nbclient")
+    from jupyter_client.manager import KernelManager
+
     work = tmp_path_factory.mktemp("notebooks")
-    ex.prepare_digits(work / "digits_smoke", smoke=True, log=lambda *a, **k: None)
-    return work
+    env = {**os.environ, "NMM_SMOKE": "1", "NMM_WORK": str(work), "OMP_NUM_THREADS": "1"}
+    km = KernelManager(kernel_name="python3")
+    km.start_kernel(cwd=str(REPO), env=env)
+    yield km
+    km.shutdown_kernel(now=True)
 
 
 def test_every_notebook_is_tested() -> None:
@@ -122,17 +132,13 @@ def test_every_notebook_is_tested() -> None:
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_runs_in_smoke_mode(
-    path: Path, smoke_work: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-    # the kernel is a child process: it inherits these
-    monkeypatch.setenv("NMM_SMOKE", "1")
-    monkeypatch.setenv("NMM_WORK", str(smoke_work))
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+def test_notebook_runs_in_smoke_mode(path: Path, smoke_kernel) -> None:
+    import nbclient
+    import nbformat
+
     nb = nbformat.read(path, as_version=4)
-    client = nbclient.NotebookClient(
-        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}
-    )
+    # a clean namespace for each notebook: only the imported modules are shared
+    nb.cells.insert(0, nbformat.v4.new_code_cell("%reset -f\nimport matplotlib.pyplot\n"
+                                                 "matplotlib.pyplot.close('all')"))  # fmt: skip
+    client = nbclient.NotebookClient(nb, km=smoke_kernel, timeout=300)
     client.execute()  # raises CellExecutionError naming the cell that failed
