@@ -71,6 +71,15 @@ def test_text_documents_are_deterministic_and_text_only(tmp_path: Path) -> None:
     assert len(list(read_documents(tmp_path / "a.jsonl"))) == 20
 
 
+def test_speech_subset_keeps_the_first_voices(tmp_path: Path) -> None:
+    from native_mm.data import speech
+
+    clips = speech.read_manifest(ex.speech_subset(tmp_path, 2, 1))
+    voices = {sp: {c.voice for c in clips if c.split == sp} for sp in ("train", "heldout")}
+    assert len(voices["train"]) == 2 and len(voices["heldout"]) == 1
+    assert all(c.path.is_file() for c in clips) and len(clips) == 30  # 10 digits per voice
+
+
 def test_conflict_items_disagree_and_follow_rates() -> None:
     items = ex.conflict_items(30, seed=0)
     assert all(it.digit != it.text_digit for it in items)
