@@ -16,7 +16,10 @@ clips; text prompts use the training wordings (text has no writers). The judges'
 accuracy on original held-out media is reported next to the table.
 
 Outputs in ``--out``: ``eval.json``, ``eval.md`` (the table), ``grid_text_to_image.png``
-and ``grid_audio_to_image.png`` (a row per digit), ``wav/`` (a few generated clips).
+and ``grid_audio_to_image.png`` (a row per digit), ``wav/`` (a few generated clips). All
+are written atomically (temporary file + rename); ``eval.json`` is written last, with its
+sha256 in ``eval.json.sha256.json`` (:func:`read_result` checks it). A killed eval is run
+again: nothing is generated incrementally, and it is seeded.
 """
 
 from __future__ import annotations
@@ -342,17 +345,19 @@ def image_grid(samples: list[tuple[int, Any]], per_digit: int = 10, scale: int =
 def save_outputs(
     result: dict, samples: dict[str, list[tuple[int, Any]]], out: Path, cfg: EvalConfig
 ) -> None:
-    """eval.json, eval.md, image grids and a few WAVs."""
-    import soundfile as sf
+    """eval.json, eval.md, image grids and a few WAVs, each written atomically.
 
-    from native_mm.io import atomic_write, write_json
+    ``eval.json`` comes last and carries a checksum (``eval.json.sha256.json``): it marks
+    the whole output as done (the pipeline skips eval when it reads back intact).
+    """
+    from native_mm.io import atomic_write, save_image, write_json, write_wav
 
     out.mkdir(parents=True, exist_ok=True)
     files = []
     for d in ("text->image", "audio->image"):
         if samples.get(d):
             name = f"grid_{d.replace('->', '_to_')}.png"
-            image_grid(samples[d]).save(out / name)
+            save_image(out / name, image_grid(samples[d]))
             files.append(name)
     (out / "wav").mkdir(exist_ok=True)
     for d in ("text->audio", "image->audio"):
@@ -360,13 +365,28 @@ def save_outputs(
         for digit, wav in samples.get(d, []):
             if wav is not None and count[digit] < cfg.n_wavs:
                 name = f"wav/{d.replace('->', '_to_')}_{WORDS[digit]}_{count[digit]}.wav"
-                sf.write(out / name, wav.samples.mean(axis=0), wav.sample_rate, subtype="PCM_16")
+                write_wav(out / name, wav.samples.mean(axis=0), wav.sample_rate)
                 files.append(name)
                 count[digit] += 1
     result["files"] = files
-    write_json(out / "eval.json", result)
     with atomic_write(out / "eval.md", "w") as f:
         f.write(markdown_table(result))
+    write_json(out / "eval.json", result, checksum=True)
+
+
+def read_result(path: str | Path) -> dict:
+    """Read ``eval.json`` (or ``DIR/eval.json``), checked against its checksum file.
+
+    Raises:
+        ValueError: missing, not JSON, or not the bytes that were written (names the file).
+    """
+    from native_mm.io import read_json
+
+    result, file = read_json(path, "eval.json", what="evaluation result", verify=True,
+                             hint=" (native-mm eval writes it)")  # fmt: skip
+    if not isinstance(result, dict) or not isinstance(result.get("directions"), dict):
+        raise ValueError(f"{file}: not an evaluation result (no 'directions')")
+    return result
 
 
 def main(argv: list[str] | None = None, prog: str = "native-mm eval") -> int:
@@ -395,6 +415,8 @@ def main(argv: list[str] | None = None, prog: str = "native-mm eval") -> int:
 
 
 def _make_out_dir(out: str | Path) -> None:
+    from native_mm.io import remove_temp_files
+
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out}: --out exists and is not a directory")
@@ -402,6 +424,7 @@ def _make_out_dir(out: str | Path) -> None:
         (out / "wav").mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ValueError(f"{out}: cannot create the output directory ({e.strerror})") from None
+    remove_temp_files(out, out / "wav")  # half-written files of a killed eval
 
 
 def evaluate_checkpoint(

@@ -2,9 +2,11 @@
 
 Everything the project writes goes through :func:`atomic_write` (temporary file in the
 same directory, fsync, rename), so a process killed mid-write never leaves a
-half-written file under the final name. Checkpoints (Lightning ``.ckpt`` files and the
-plain inference file) also get a checksum beside them, ``NAME.sha256.json``
-(:func:`write_checked`), which :func:`load_torch` verifies before unpickling anything.
+half-written file under the final name (JSON, images, figures and WAVs have their own
+small wrappers here). Checkpoints (Lightning ``.ckpt`` files and the plain inference
+file) and results read back later (``eval.json``) also get a checksum beside them,
+``NAME.sha256.json`` (:func:`write_checked`), which :func:`load_torch` and
+``read_json(..., verify=True)`` check before using the file.
 """
 
 from __future__ import annotations
@@ -47,10 +49,47 @@ def write_bytes(path: str | Path, data: bytes) -> None:
         f.write(data)
 
 
-def write_json(path: str | Path, obj: Any) -> None:
+def write_json(path: str | Path, obj: Any, checksum: bool = False) -> None:
+    """Write ``obj`` as indented JSON; with ``checksum`` also ``NAME.sha256.json`` beside it
+    (:func:`write_checked`), which ``read_json(..., verify=True)`` checks."""
+    text = json.dumps(obj, indent=2, sort_keys=True) + "\n"
+    if checksum:
+        write_checked(path, text.encode())
+        return
     with atomic_write(path, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
+        f.write(text)
+
+
+def save_image(path: str | Path, image: Any) -> None:
+    """Save a PIL image atomically (the format follows the suffix, PNG by default)."""
+    from PIL import Image
+
+    fmt = Image.registered_extensions().get(Path(path).suffix.lower(), "PNG")
+    with atomic_write(path, "wb") as f:
+        image.save(f, format=fmt)
+
+
+def save_figure(path: str | Path, fig: Any, **kwargs: Any) -> None:
+    """``fig.savefig`` (matplotlib) atomically, as PNG."""
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png", **kwargs)
+
+
+def write_wav(path: str | Path, samples: Any, sample_rate: int, subtype: str = "PCM_16") -> None:
+    """Write a WAV atomically; ``samples`` as ``soundfile.write`` takes them ((T,) or (T, C))."""
+    import soundfile as sf
+
+    with atomic_write(path, "wb") as f:
+        sf.write(f, samples, sample_rate, subtype=subtype, format="WAV")
+
+
+def remove_temp_files(*dirs: str | Path, name: str = "") -> None:
+    """Delete the temp files a killed process left in ``dirs`` (:func:`atomic_write`'s
+    ``.NAME.*.tmp``; only those of files whose name starts with ``name`` when given);
+    other files, even ones ending in ``.tmp``, are left alone."""
+    for d in map(Path, dirs):
+        for p in d.glob(f".{name}*.tmp") if d.is_dir() else ():
+            p.unlink(missing_ok=True)
 
 
 def read_json(
@@ -59,21 +98,30 @@ def read_json(
     error: type[Exception] = ValueError,
     what: str = "JSON",
     hint: str = "",
+    verify: bool = False,
 ) -> tuple[Any, Path]:
     """Read a JSON file (or ``default_name`` inside a directory) -> (object, file path).
 
     A missing or malformed file raises ``error`` naming the file and ``what`` it should
     be; ``hint`` is added to the missing-file message (e.g. which command makes it).
+    With ``verify``, the file is first checked against its ``NAME.sha256.json`` when it
+    has one (``write_json(..., checksum=True)``); a mismatch raises ``error`` too.
     """
     path = Path(path)
     if path.is_dir():
         path = path / default_name
     try:
-        return json.loads(path.read_text()), path
+        data = path.read_bytes()
+        if verify:
+            again = "delete it and run the step that wrote it again"
+            verify_checked(path, sha256_bytes(data), what=what, hint=again)
+        return json.loads(data.decode()), path
     except FileNotFoundError:
         raise error(f"{path}: no {what} there{hint}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise error(f"{path}: {what} is not valid JSON ({e})") from None
+    except ValueError as e:  # the checksum did not match
+        raise error(str(e)) from None
 
 
 def read_yaml(path: str | Path, error: type[Exception] = ValueError, what: str = "YAML") -> Any:
@@ -131,6 +179,8 @@ def write_checked(path: str | Path, data: bytes) -> str:
     (it matches ``previous_sha256``) rather than looking corrupt.
     """
     path = Path(path)
+    # A write killed earlier left its temp files (a checkpoint's size each): drop them.
+    remove_temp_files(path.parent, name=path.name)
     digest = sha256_bytes(data)
     previous = sha256_file(path) if path.is_file() else None
     write_json(
@@ -141,8 +191,15 @@ def write_checked(path: str | Path, data: bytes) -> str:
     return digest
 
 
-def verify_checked(path: str | Path, digest: str | None = None) -> bool:
+def verify_checked(
+    path: str | Path,
+    digest: str | None = None,
+    what: str = "checkpoint",
+    hint: str = "resume from another checkpoint or delete it",
+) -> bool:
     """Check ``path`` against its ``NAME.sha256.json``; False when there is none.
+
+    ``what`` names the kind of file in the messages, ``hint`` says what to do about it.
 
     Raises:
         ValueError: the file does not match its checksum (truncated, altered or
@@ -152,15 +209,15 @@ def verify_checked(path: str | Path, digest: str | None = None) -> bool:
     side = checksum_path(path)
     if not side.is_file():
         return False
-    meta, _ = read_json(side, side.name, what="checkpoint checksum")
+    meta, _ = read_json(side, side.name, what=f"{what} checksum")
     if not isinstance(meta, dict) or not isinstance(meta.get("sha256"), str):
-        raise ValueError(f"{side}: malformed checkpoint checksum file (no sha256)")
+        raise ValueError(f"{side}: malformed {what} checksum file (no sha256)")
     digest = digest or sha256_file(path)
     if digest not in (meta["sha256"], meta.get("previous_sha256")):
         raise ValueError(
-            f"{path}: corrupted checkpoint (sha256 {digest[:16]}... does not match "
+            f"{path}: corrupted {what} (sha256 {digest[:16]}... does not match "
             f"{meta['sha256'][:16]}... recorded in {side.name}); the file was truncated or "
-            "altered after it was written: resume from another checkpoint or delete it"
+            f"altered after it was written: {hint}"
         )
     return True
 
@@ -215,6 +272,9 @@ def _checkpoint_io_class() -> type:
         (checksum verified, ``weights_only=True``); removes the checksum file with the file."""
 
         def save_checkpoint(self, checkpoint: dict, path: Any, storage_options: Any = None) -> None:
+            # The checkpoint folder is the trainer's own: a killed write of any checkpoint
+            # (step files get new names) left a temp file here that nothing else removes.
+            remove_temp_files(Path(path).parent)
             write_checked(path, torch_bytes(checkpoint))
 
         def load_checkpoint(

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -237,11 +236,15 @@ class Pipeline:
         return None
 
     def eval(self) -> Path | None:
-        from native_mm.evaluation import EvalConfig, evaluate_checkpoint
+        from native_mm.evaluation import EvalConfig, evaluate_checkpoint, read_result
 
         out = self.paths["eval"]
         if (out / "eval.json").is_file():
-            return out
+            try:
+                read_result(out)  # checked against eval.json.sha256.json
+                return out
+            except ValueError as e:
+                self.log(f"  {e}; evaluating again")
         block = dict(self.r.get("eval", {}))
         block.setdefault("image_size", self.r.get("corpus", {}).get("image_size", 16))
         if self.r.get("tokenize", {}).get("audio_levels"):
@@ -291,9 +294,9 @@ class Pipeline:
         md = "\n".join(lines) + "\n"
         eval_json = self.paths["eval"] / "eval.json"
         if eval_json.is_file():
-            from native_mm.evaluation import markdown_table
+            from native_mm.evaluation import markdown_table, read_result
 
-            result = json.loads(eval_json.read_text())
+            result = read_result(eval_json)  # a corrupted eval.json is an error naming it
             rep["eval"] = {d: r["accuracy"] for d, r in result["directions"].items()}
             rep["judges"] = result.get("judges", {})
             md += "\n" + markdown_table(result)

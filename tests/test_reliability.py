@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
@@ -811,6 +812,21 @@ def test_checksum_survives_a_kill_between_its_two_renames(tmp_path, monkeypatch)
         nio.load_torch(path)
 
 
+def test_checkpoint_write_removes_temp_files_of_a_killed_write(tmp_path):
+    import native_mm.io as nio
+
+    stale = [tmp_path / ".last.ckpt.k1ll3d.tmp", tmp_path / ".last.ckpt.sha256.json.x.tmp"]
+    keep = [tmp_path / ".step0000003.ckpt.k1ll3d.tmp", tmp_path / "last.ckpt.tmp"]
+    for p in stale + keep:
+        p.write_bytes(b"half written")
+    nio.write_checked(tmp_path / "last.ckpt", nio.torch_bytes({"step": 1}))
+    assert not any(p.exists() for p in stale) and all(p.exists() for p in keep)
+    assert nio.load_torch(tmp_path / "last.ckpt") == {"step": 1}
+    # Lightning's checkpoint IO owns its folder: step checkpoints' temp files go too
+    nio.ChecksummedCheckpointIO().save_checkpoint({"step": 4}, tmp_path / "step0000004.ckpt")
+    assert [p.exists() for p in keep] == [False, True]
+
+
 def test_fit_checkpoints_carry_checksums_and_a_corrupted_one_is_refused(
     text_shards_dir, tmp_path, capsys
 ):
@@ -922,11 +938,14 @@ def test_audio_tokenizer_training_skips_and_counts_bad_audio(corpus, tmp_path, c
 
 # ---- 6. SIGKILL during tokenizer training: the resumed run ends bit-identical -----------------
 def _kill_training_and_resume(
-    cmd: list[str], out: Path, kills: int, seed: int, finish_here: bool = False, most: int = 3
-) -> list[int]:
-    """Run ``cmd`` (a ``tokenizer train`` into ``out``) and SIGKILL it ``kills`` times, each
-    after a random number (1 to ``most``) of new checkpoint writes plus 0-30 ms; then let it finish
-    (in this process with ``finish_here``: saves a ~6 s interpreter start and import).
+    cmd: list[str], out: Path, kills: int, seed: int, finish_here: bool | list[str] = False,
+    most: int = 3, jitter: float = 0.03, after_kill: Callable[[], object] | None = None,
+) -> list[int]:  # fmt: skip
+    """Run ``cmd`` (a ``tokenizer train`` or ``fit`` into ``out``) and SIGKILL it ``kills``
+    times, each after a random number (1 to ``most``) of new checkpoint writes plus 0 to
+    ``jitter`` s; ``after_kill()`` runs after each kill. Then let it finish (in this process
+    with ``finish_here``: saves a ~6 s interpreter start and import; a list is the verb's
+    arguments to finish with, else those of ``cmd``).
     Returns the step of ``last.ckpt`` at each kill (it must always load)."""
     from native_mm.io import checksum_path, load_torch
 
@@ -947,14 +966,17 @@ def _kill_training_and_resume(
             if (now := version()) != seen:
                 seen, writes = now, writes + 1
             time.sleep(0.002)
-        time.sleep(rng.uniform(0, 0.03))
+        time.sleep(rng.uniform(0, jitter))
         finished = proc.poll() is not None
         proc.send_signal(signal.SIGKILL)
         err = proc.communicate()[1].decode()
         assert not finished, f"training ended before the kill:\n{err[-2000:]}"
         steps.append(load_torch(out / "checkpoints" / "last.ckpt")["global_step"])
+        if after_kill is not None:
+            after_kill()
     if finish_here:
-        assert cli(cmd[3:]) == 0  # cmd[3:]: the verb's arguments after `python -m native_mm.cli`
+        # cmd[3:]: the verb's arguments after `python -m native_mm.cli`
+        assert cli(finish_here if isinstance(finish_here, list) else cmd[3:]) == 0
         return steps
     res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr[-3000:]
@@ -1014,6 +1036,229 @@ def test_tokenizer_training_killed_three_times_resumes_bit_identical(kind, corpu
     killed_at = _kill_training_and_resume(make(corpus, out, steps), out, 3, seed=1, most=5)
     assert all(0 < s < steps for s in killed_at), killed_at
     _same_training_result(ref, out, steps)
+
+
+# ---- 7. SIGKILL during fit and eval: re-running ends where an uninterrupted run ends --------
+FIT_STEPS = 12
+
+
+def _fit_cmd(shards: Path, out: Path, steps: int, slow: float = 0.25) -> list[str]:
+    """``native-mm fit ... --ckpt_path last``, the command a user re-runs after a kill (the
+    first run finds no checkpoint and starts fresh). Each step sleeps ``slow`` s
+    (:class:`tests.slowdown.SlowDown`) so that kills land anywhere in the run."""
+    from tests.doubles import fit_args
+
+    slowdown = ["--trainer.callbacks+=tests.slowdown.SlowDown",
+                f"--trainer.callbacks.seconds={slow}"] if slow else []  # fmt: skip
+    args = fit_args(shards, out, steps, "--ckpt_path", "last", *slowdown)
+    return [sys.executable, "-m", "native_mm.cli", *args]
+
+
+def _logged_losses(out: Path) -> list[tuple[int, float]]:
+    """(step, train/loss_opt) of every complete row of a run's CSV log, in file order."""
+    import csv
+
+    path = out / "csv" / "metrics.csv"
+    lines = path.read_text().splitlines(keepends=True) if path.is_file() else []
+    if lines and not lines[-1].endswith("\n"):
+        lines.pop()  # a row the kill cut short
+    rows = csv.DictReader(lines)
+    return [(int(r["step"]), float(r["train/loss_opt"])) for r in rows if r.get("train/loss_opt")]
+
+
+def _same_content(a: object, b: object, where: str = "") -> list[str]:
+    """Where two unpickled checkpoints differ: tensors bit for bit, containers recursively."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        same = isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and (
+            a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+        )  # fmt: skip
+        return [] if same else [where]
+    if isinstance(a, dict) and isinstance(b, dict):
+        if a.keys() != b.keys():
+            return [f"{where} keys"]
+        return [d for k in a for d in _same_content(a[k], b[k], f"{where}/{k}")]
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple) and len(a) == len(b):
+        pairs = enumerate(zip(a, b, strict=True))
+        return [d for i, (x, y) in pairs for d in _same_content(x, y, f"{where}/{i}")]
+    return [] if type(a) is type(b) and a == b else [where]
+
+
+@pytest.mark.parametrize("kills", [1, pytest.param(3, marks=pytest.mark.slow)])
+def test_fit_killed_at_random_moments_resumes_bit_identical(kills, text_shards_dir, tmp_path):
+    """SIGKILL ``native-mm fit`` ``kills`` times (1-4 checkpoint writes apart plus 0-0.25 s,
+    i.e. anywhere in a step, checkpoint writes included) and re-run the same command to the
+    end: last.ckpt holds the uninterrupted run's content exactly (every weight, optimiser
+    and scheduler state, loop counters, the data sampler's state), and every logged loss,
+    the killed runs' rows included, equals the uninterrupted run's at that step."""
+    from native_mm.io import load_torch
+
+    steps = FIT_STEPS
+    run = tmp_path / "run"  # both runs write here, so the paths stored in last.ckpt agree
+    assert cli(_fit_cmd(text_shards_dir, run, steps, slow=0)[3:]) == 0
+    clean_run = run.rename(tmp_path / "clean")
+    clean = dict(_logged_losses(clean_run))
+    assert sorted(clean) == list(range(steps))
+
+    logged: list[tuple[int, float]] = []  # a resumed run starts a new metrics.csv: keep each
+    killed_at = _kill_training_and_resume(
+        _fit_cmd(text_shards_dir, run, steps), run, kills, seed=kills, most=4, jitter=0.25,
+        finish_here=_fit_cmd(text_shards_dir, run, steps, slow=0)[3:],
+        after_kill=lambda: logged.extend(_logged_losses(run)),
+    )  # fmt: skip
+    logged += _logged_losses(run)
+    print(f"fit killed {kills}x, last.ckpt at steps {killed_at}")
+    assert len(killed_at) == kills and all(0 < s < steps for s in killed_at), killed_at
+    assert {s for s, _ in logged} == set(range(steps))
+    assert [(s, v) for s, v in logged if v != clean[s]] == []  # equal, not approximately
+
+    a, b = (load_torch(d / "checkpoints" / "last.ckpt") for d in (clean_run, run))
+    assert a["global_step"] == b["global_step"] == steps
+    assert sorted(a["state_dict"]) == sorted(b["state_dict"]) and len(a["state_dict"]) > 5
+    assert _same_content(a, b) == []  # every tensor bit-identical, every other value equal
+    # The same files: no stale step checkpoint and no temp file of a killed write is left.
+    # Their bytes differ only in pickle's memo: the resumed optimiser's 'step' keys are
+    # strings unpickled from the checkpoint, not the interned literal the clean run shares.
+    assert sorted(_tree(run / "checkpoints")) == sorted(_tree(clean_run / "checkpoints"))
+
+
+def test_pipeline_verifies_the_checksummed_eval_json_it_reads(tmp_path, monkeypatch):
+    """The pipeline skips eval only when eval.json reads back intact; a corrupted one is
+    evaluated again, and the report refuses it naming the file."""
+    from native_mm import evaluation
+    from native_mm.data.corpus import DIRECTIONS
+    from native_mm.io import checksum_path
+    from native_mm.pipeline import Pipeline
+
+    logs: list[str] = []
+    pipe = Pipeline({"_path": str(tmp_path / "recipe.yaml")}, tmp_path / "run",
+                    log=lambda *a, **k: logs.append(" ".join(map(str, a))))  # fmt: skip
+    calls = []
+
+    def fake_evaluate(ckpt, tokenizers, out, cfg, audio_root=None):
+        calls.append(out)
+        rows = {d: {"accuracy": 0.5, "n": 10} for d in DIRECTIONS}
+        evaluation.save_outputs({"directions": rows}, {}, Path(out), cfg)
+
+    monkeypatch.setattr(evaluation, "evaluate_checkpoint", fake_evaluate)
+    eval_json = pipe.paths["eval"] / "eval.json"
+    assert pipe.eval() is None and len(calls) == 1  # ran
+    assert checksum_path(eval_json).is_file() and "directions" in evaluation.read_result(eval_json)
+    assert pipe.eval() == pipe.paths["eval"] and len(calls) == 1  # intact: skipped
+    for damage in (_flip_byte, lambda p: p.write_bytes(p.read_bytes()[:-20])):
+        damage(eval_json)
+        with pytest.raises(ValueError, match=r"eval\.json: corrupted evaluation result"):
+            pipe.report(0.0)
+        assert pipe.eval() is None  # evaluated again
+        assert "eval.json: corrupted evaluation result" in logs[-1], logs
+    assert len(calls) == 3 and pipe.report(0.0)["eval"] == dict.fromkeys(DIRECTIONS, 0.5)
+
+
+@pytest.fixture(scope="module")
+def eval_checkpoint(tokenizer_dir, tmp_path_factory) -> Path:
+    """A tiny random transformer with room for the held-out clips' prompts (~1,150 tokens
+    with the tiny EnCodec)."""
+    from native_mm.checkpoint import save_checkpoint
+    from native_mm.model import ModelConfig, Transformer
+
+    tset = TokenizerSet.load(tokenizer_dir)
+    torch.manual_seed(0)
+    cfg = ModelConfig.from_name(
+        "tiny", vocab_size=tset.vocab.size, n_layer=1, n_embd=32, block_size=4096
+    )
+    path = tmp_path_factory.mktemp("eval_ckpt") / "model.pt"
+    save_checkpoint(path, Transformer(cfg), tset.manifest())
+    return path
+
+
+# `native-mm eval` whose every atomic write lingers 50 ms between its temp file and the
+# rename, so that kills land inside the writes of the outputs as well as between them.
+_SLOW_WRITES_EVAL = (
+    "import contextlib, sys, time; import native_mm.io as nio; real = nio.atomic_write\n"
+    "@contextlib.contextmanager\n"
+    "def slow(path, mode='wb'):\n"
+    "    with real(path, mode) as f:\n"
+    "        yield f\n"
+    "        time.sleep(0.05)\n"
+    "nio.atomic_write = slow\n"
+    "from native_mm.cli import main; sys.exit(main(sys.argv[1:]))\n"
+)
+
+
+@pytest.mark.slow
+def test_eval_killed_while_writing_its_outputs_reruns_to_the_same_result(
+    eval_checkpoint, tokenizer_dir, tmp_path, monkeypatch
+):
+    """SIGKILL ``native-mm eval`` twice while it writes its outputs (after 0 to all-but-one
+    files, plus 0-50 ms): every file then under its final name is already the
+    uninterrupted run's, and re-running gives the same outputs (eval.json up to its
+    timings, every other file byte-identical) and leaves no temp file."""
+    from native_mm import evaluation
+    from native_mm.io import read_json
+
+    judges = evaluation.Judges()  # the same judges for both in-process runs (~10 s each)
+    monkeypatch.setattr(evaluation, "Judges", lambda audio_root=None: judges)
+    run = tmp_path / "eval"  # both runs write here (eval.json stores no output path)
+    argv = ["eval", "--ckpt", str(eval_checkpoint), "--tokenizers", str(tokenizer_dir),
+            "--out", str(run), "--max-items", "10", "--batch-size", "10",
+            "--audio-max-seconds", "0.1", "--n-wavs", "1"]  # fmt: skip
+    assert cli(argv) == 0
+    clean_dir = run.rename(tmp_path / "clean")
+    clean = _tree(clean_dir)
+    media = json.loads(clean["eval.json"])["files"]
+    assert len(media) >= 4 and any(f.endswith(".png") for f in media), media
+
+    def listing() -> dict[str, int]:  # file -> mtime (ns), temp files included
+        out = {}
+        for p in run.rglob("*") if run.exists() else ():
+            with contextlib.suppress(FileNotFoundError):  # a temp file renamed meanwhile
+                if p.is_file():
+                    out[str(p.relative_to(run))] = p.stat().st_mtime_ns
+        return out
+
+    def is_temp(name: str) -> bool:
+        return Path(name).name.startswith(".")
+
+    rng = random.Random(0)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-c", _SLOW_WRITES_EVAL, *argv]
+    kills = []  # (files this run had renamed into place, temp files left) at each kill
+    for _ in range(2):
+        target, before = rng.randint(0, len(clean) - 1), listing()
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE)  # fmt: skip
+        deadline, written = time.time() + 300, 0
+        while proc.poll() is None and time.time() < deadline:
+            now = listing()
+            written = sum(not is_temp(f) and before.get(f) != t for f, t in now.items())
+            if written >= target and any(is_temp(f) and f not in before for f in now):
+                break  # the (target + 1)-th output is being written
+            time.sleep(0.002)
+        time.sleep(rng.uniform(0, 0.05))
+        finished = proc.poll() is not None
+        proc.send_signal(signal.SIGKILL)
+        err = proc.communicate()[1].decode()
+        assert not finished, f"eval ended before the kill:\n{err[-2000:]}"
+        now = _tree(run)
+        kills.append((written, sum(map(is_temp, now))))
+        for f in now:  # atomic: whatever is under a final name is whole, the clean run's
+            if not is_temp(f) and f not in ("eval.json", "eval.json.sha256.json"):
+                assert now[f] == clean[f], f
+        if "eval.json" in now:  # written last, with its checksum
+            evaluation.read_result(run)
+    print(f"eval killed with (outputs written, temp files left) = {kills}")
+    assert cli(argv) == 0
+    again = _tree(run)
+    assert sorted(again) == sorted(clean)  # no temp file of a killed write is left
+    timings = {"eval.json", "eval.json.sha256.json"}  # eval.json holds seconds per direction
+    assert [f for f in clean if f not in timings and again[f] != clean[f]] == []
+
+    def untimed(d: Path) -> dict:
+        result, _ = read_json(d / "eval.json", "eval.json", verify=True)
+        for row in result["directions"].values():
+            row.pop("seconds")
+        return result
+
+    assert untimed(run) == untimed(clean_dir)
 
 
 def test_every_torch_load_in_the_package_is_weights_only():

@@ -30,9 +30,13 @@ def features(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     x = torch.as_tensor(np.asarray(samples, dtype=np.float32)).reshape(-1)
     if sample_rate != SAMPLE_RATE:
         x = AF.resample(x, sample_rate, SAMPLE_RATE)
+    n_fft = 256
+    # A clip shorter than the window (a model may end a generated span after a few
+    # frames, or produce none) is zero-padded: the STFT's reflection padding needs more.
+    x = torch.nn.functional.pad(x, (0, max(0, n_fft - x.numel())))
     x = x / (x.abs().max() + 1e-6)  # loudness-invariant
     mel = torchaudio.transforms.MelSpectrogram(
-        SAMPLE_RATE, n_fft=256, hop_length=80, n_mels=N_MELS, f_min=50, f_max=3800
+        SAMPLE_RATE, n_fft=n_fft, hop_length=80, n_mels=N_MELS, f_min=50, f_max=3800
     )(x)
     logmel = torch.log(mel + 1e-4).numpy()  # (M, F)
     # Drop frames far below the loudest one so leading/trailing silence does not count.

@@ -381,15 +381,16 @@ def render_samples(tok: AudioTokenizer, files: list[Path], out: Path, title: str
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import soundfile as sf
+
+    from native_mm.io import save_figure, write_wav
 
     out.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(2, len(files), figsize=(3 * len(files), 5), squeeze=False)
     for j, f in enumerate(files):
         x = convert(read_audio(f), tok.sample_rate, tok.config.channels, str(f))
         rec = tok.reconstruct(Waveform(x.numpy(), tok.sample_rate)).samples
-        sf.write(out / f"{j}_original.wav", x.numpy().T, tok.sample_rate, subtype="PCM_16")
-        sf.write(out / f"{j}_reconstruction.wav", rec.T, tok.sample_rate, subtype="PCM_16")
+        write_wav(out / f"{j}_original.wav", x.numpy().T, tok.sample_rate)
+        write_wav(out / f"{j}_reconstruction.wav", rec.T, tok.sample_rate)
         for i, (sig, name) in enumerate(((x.numpy()[0], "original"), (rec[0], "reconstruction"))):
             ax = axes[i, j]
             ax.specgram(sig + 1e-7, NFFT=256, Fs=tok.sample_rate, noverlap=192, cmap="magma")
@@ -397,7 +398,7 @@ def render_samples(tok: AudioTokenizer, files: list[Path], out: Path, title: str
             ax.tick_params(labelsize=6)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(out / "spectrogram.png", dpi=90)
+    save_figure(out / "spectrogram.png", fig, dpi=90)
     plt.close(fig)
 
 

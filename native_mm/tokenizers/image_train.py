@@ -33,7 +33,7 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from native_mm.io import load_torch, write_json
+from native_mm.io import load_torch, save_image, write_json
 from native_mm.tokenizers.base import MediaError
 from native_mm.tokenizers.image import (
     _RESAMPLE,
@@ -426,11 +426,11 @@ class SampleGrid(L.Callback):
         if self.every and step % self.every == 0 and step > 0:
             path = self.out / "samples" / f"step_{step:06d}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
-            self.grid(module).save(path)
+            save_image(path, self.grid(module))
 
     def on_train_end(self, trainer: Any, module: Any) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
-        self.grid(module).save(self.out / "reconstructions.png")
+        save_image(self.out / "reconstructions.png", self.grid(module))
 
 
 def make_grid(originals: torch.Tensor, recons: torch.Tensor, per_row: int = 8) -> Image.Image:
@@ -628,6 +628,6 @@ def eval_main(argv: list[str] | None = None, prog: str = "native-mm tokenizer ev
         xs = [tok.prepare(m) for m in media[:16]]
         if len({tuple(x.shape) for x in xs}) == 1:
             x = torch.stack(xs)
-            make_grid(x, tok.decode_tensor(tok.encode_tensor(x))).save(args.grid)
+            save_image(args.grid, make_grid(x, tok.decode_tensor(tok.encode_tensor(x))))
     print(json.dumps(metrics, indent=2))
     return 0

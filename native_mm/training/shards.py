@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from native_mm.io import atomic_write, read_json, sha256_file, write_json
+from native_mm.io import atomic_write, read_json, remove_temp_files, sha256_file, write_json
 from native_mm.vocab import MODALITIES, Vocab, VocabError
 
 SHARDS_VERSION = 1
@@ -241,7 +241,7 @@ def tokenize(
     if max_audio_seconds is not None:  # only when set: earlier builds keep their key
         build["max_audio_seconds"] = max_audio_seconds
     build_key = _json_digest(build)
-    _remove_stale_temp_files(out_dir)
+    remove_temp_files(out_dir, out_dir / "shards")  # a killed run's half-written files
     n_shards = max(1, -(-len(docs) // docs_per_shard))
     markers: dict[int, dict] = {}
     todo = []
@@ -276,13 +276,6 @@ def tokenize(
         f"{len(skipped)} skipped ({dt:.1f}s) -> {out_dir / 'manifest.json'}"
     )
     return manifest
-
-
-def _remove_stale_temp_files(out_dir: Path) -> None:
-    """Delete temp files a killed run left behind (``atomic_write``'s ``.NAME.*.tmp``)."""
-    for d in (out_dir, out_dir / "shards"):
-        for p in d.glob(".*.tmp") if d.is_dir() else ():
-            p.unlink(missing_ok=True)
 
 
 def _build_manifest(
