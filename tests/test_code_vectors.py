@@ -13,20 +13,8 @@ from native_mm.vocab import VocabError
 
 
 @pytest.fixture(scope="module")
-def tset(text_tokenizer) -> TokenizerSet:
-    from native_mm.tokenizers.audio import AudioConfig, AudioTokenizer
-    from native_mm.tokenizers.image import ImageConfig, ImageTokenizer
-
-    torch.manual_seed(0)
-    image = ImageTokenizer(
-        ImageConfig(factor=4, channels=16, channel_mult=(1, 1, 1), z_channels=8,
-                    codebook_size=32, codebook_dim=4, kmeans_init=False)
-    )  # fmt: skip
-    audio = AudioTokenizer(
-        AudioConfig(sample_rate=8000, n_filters=4, ratios=[4, 4], dimension=8, lstm=0,
-                    n_q=3, codebook_size=16, kmeans_iters=1)
-    )  # fmt: skip
-    return TokenizerSet(text_tokenizer, image, audio, image_max_grid=8)
+def tset(tiny_tokenizers) -> TokenizerSet:
+    return tiny_tokenizers
 
 
 def test_code_vectors_are_what_the_decoders_read(tset) -> None:
