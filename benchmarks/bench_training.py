@@ -3,8 +3,14 @@
 Both models are randomly initialised with the same width, depth, heads, SwiGLU size,
 vocabulary and sequence length, and trained with the same step (forward, fp32
 cross-entropy over all positions, backward, AdamW) at the same precision (fp32, or
-bf16 autocast with ``--precision bf16-mixed``). Steps of the two models are interleaved
-(A B A B ...) so load from other processes on the machine hits both alike. Reports
+bf16 autocast with ``--precision bf16-mixed``). The loss is each side's own training loss
+(``--loss product``, the default): native-mm's ``LanguageModule.compute_loss`` (output
+layer fused with the cross-entropy in row chunks, plus the per-modality loss/accuracy
+metrics it logs, over four modality ranges of the vocabulary), HF's
+``model(input_ids, labels=..., shift_labels=...)`` (its ``ForCausalLMLoss``: fp32
+``F.cross_entropy`` over the logits). ``--loss plain`` gives both models' logits to
+the same ``F.cross_entropy`` instead (the model alone). Steps of the two models are
+interleaved (A B A B ...) so load from other processes on the machine hits both alike. Reports
 tokens/s (wall clock, and per CPU second of this process: with 1 thread on an
 oversubscribed machine the latter leaves out the time the process waits descheduled),
 achieved GFLOP/s (6N + 12 L D T per token, the same formula for both) and that as a
@@ -104,11 +110,31 @@ def build_chameleon(cfg: ModelConfig) -> torch.nn.Module:
     return model
 
 
-class Runner:
-    """One model + AdamW; ``step()`` runs one training step on random ids."""
+def native_module(cfg: ModelConfig, compile: bool) -> torch.nn.Module:
+    """native-mm's LanguageModule (the product's training loss) without a trainer."""
+    from native_mm.training.module import LanguageModule
 
-    def __init__(self, name: str, model: torch.nn.Module, cfg: ModelConfig, batch: int, bf16: bool):
+    module = LanguageModule(arch=cfg, compile=compile)
+    module.configure_model()
+    # four modality ranges, so every per-modality metric is computed as on real data
+    module.modality_table.copy_(torch.arange(cfg.vocab_size) * 4 // cfg.vocab_size)
+    module.logged = {}  # what self.log / self.log_dict would hand to Lightning
+    module.log = lambda k, v, **kw: module.logged.__setitem__(k, v)
+    module.log_dict = lambda d, **kw: module.logged.update(d)
+    return module
+
+
+class Runner:
+    """One model + AdamW; ``step()`` runs one training step on random ids.
+
+    ``model`` is a native-mm ``LanguageModule`` (its ``compute_loss``), a native-mm
+    ``Transformer`` or HF Chameleon; ``product_loss`` makes HF compute its own loss.
+    """
+
+    def __init__(self, name: str, model: torch.nn.Module, cfg: ModelConfig, batch: int,
+                 bf16: bool, product_loss: bool = False):  # fmt: skip
         self.name, self.model, self.cfg, self.batch, self.bf16 = name, model, cfg, batch, bf16
+        self.product_loss = product_loss
         params = [p for p in model.parameters() if p.requires_grad]
         # fused AdamW for both: native-mm's LanguageModule default, and HF Trainer's default
         # ("adamw_torch_fused") with torch >= 2.8
@@ -124,12 +150,21 @@ class Runner:
             return self.model(idx)
         return self.model(input_ids=idx, use_cache=False).logits
 
+    def loss(self) -> torch.Tensor:
+        idx, tgt = self.x[:, :-1], self.x[:, 1:].contiguous()
+        if hasattr(self.model, "compute_loss"):  # native-mm LanguageModule
+            mask = torch.ones_like(tgt, dtype=torch.bool)
+            return self.model.compute_loss({"input": idx, "target": tgt, "mask": mask}, "train")
+        if self.product_loss:  # HF's own loss (ForCausalLMLoss), targets already shifted
+            return self.model(input_ids=idx, labels=tgt, shift_labels=tgt, use_cache=False).loss
+        logits = self.logits(idx)
+        return F.cross_entropy(logits.float().flatten(0, 1), tgt.flatten())
+
     def step(self) -> None:
         t0, c0 = time.perf_counter(), time.process_time()
         ctx = torch.autocast("cpu", dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
         with ctx:
-            logits = self.logits(self.x[:, :-1])
-        loss = F.cross_entropy(logits.float().flatten(0, 1), self.x[:, 1:].flatten())
+            loss = self.loss()
         loss.backward()
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
@@ -153,6 +188,13 @@ def main() -> None:
     p.add_argument("--skip-hf", action="store_true", help="native-mm only")
     p.add_argument("--compile", action="store_true", help="also time native-mm compiled")
     p.add_argument("--compile-mode", default=None, help="torch.compile mode (e.g. max-autotune)")
+    p.add_argument(
+        "--loss",
+        choices=["product", "plain"],
+        default="product",
+        help="product: each side's own training loss (native-mm LanguageModule.compute_loss "
+        "with its per-modality metrics, HF labels=); plain: F.cross_entropy on both's logits",
+    )
     p.add_argument(
         "--baseline-model",
         help="also time an older native_mm/model.py (e.g. `git show REV:native_mm/model.py "
@@ -181,20 +223,28 @@ def main() -> None:
         return
     peak, peak_cpu = matmul_peak(args.threads)
     bf16 = args.precision == "bf16-mixed"
-    runners = [Runner("native-mm", build_native(cfg), cfg, args.batch, bf16)]
-    if args.baseline_model:
+    product = args.loss == "product"
+    first = native_module(cfg, compile=False) if product else build_native(cfg)
+    runners = [Runner("native-mm", first, cfg, args.batch, bf16)]
+    weights = (first.model if product else first).state_dict()
+    if args.baseline_model:  # always the plain loss: an older model.py alone
         old = load_model_module(args.baseline_model)
         base = old.Transformer(old.ModelConfig(**cfg.to_dict()))
-        base.load_state_dict(runners[0].model.state_dict())
+        base.load_state_dict(weights)
         runners.append(Runner("native-mm-baseline", base, cfg, args.batch, bf16))
     if args.compile:
-        compiled = build_native(cfg)
-        compiled.load_state_dict(runners[0].model.state_dict())
-        compiled.compile(mode=args.compile_mode)
+        if product and args.compile_mode is None:
+            compiled = native_module(cfg, compile=True)
+            compiled.model.load_state_dict(weights)
+        else:
+            compiled = build_native(cfg)
+            compiled.load_state_dict(weights)
+            compiled.compile(mode=args.compile_mode)
         runners.append(Runner("native-mm-compiled", compiled, cfg, args.batch, bf16))
     if not args.skip_hf:
-        runners.append(Runner("hf-chameleon", build_chameleon(cfg), cfg, args.batch, bf16))
-    flops_tok = Transformer.flops_per_token(runners[0].model, args.seq)
+        hf = build_chameleon(cfg)
+        runners.append(Runner("hf-chameleon", hf, cfg, args.batch, bf16, product_loss=product))
+    flops_tok = Transformer.flops_per_token(first.model if product else first, args.seq)
     for _ in range(args.warmup):
         for r in runners:
             r.step()
@@ -206,6 +256,7 @@ def main() -> None:
             r.step()
     result = {
         "precision": args.precision,
+        "loss": args.loss,
         "shape": {
             "d_model": args.d_model,
             "layers": args.layers,

@@ -169,6 +169,63 @@ def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     return F.rms_norm(x, (x.shape[-1],), eps=eps) * weight
 
 
+class _CausalAttentionFn(torch.autograd.Function):
+    """Causal softmax attention in query blocks with matmuls (CPU fp32 training only).
+
+    Query block [s, s+K) attends keys [0, s+K): 5/8 of the full T x T products at T=512,
+    K=128, each a plain batched matmul. Probabilities are kept for the backward (O(T^2)
+    memory, hence only T <= 1024). On this CPU SDPA's flash kernel forward + backward took
+    ~1.5x as long at (B, H, T, C) = (2, 8, 512, 64), its backward being the slow part.
+    """
+
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, block: int) -> Tensor:
+        shape = q.shape
+        q, k, v = (z.reshape(-1, *z.shape[-2:]) for z in (q, k, v))  # (B H, T, C)
+        t, scale = q.shape[1], q.shape[-1] ** -0.5
+        above = torch.full((block, block), float("-inf"), dtype=q.dtype).triu(1)
+        ys, probs = [], []
+        for s in range(0, t, block):
+            e = min(s + block, t)
+            bias = F.pad(above[: e - s, : e - s], (s, 0))  # (K, e): -inf above the diagonal
+            p = torch.baddbmm(bias, q[:, s:e], k[:, :e].transpose(1, 2), alpha=scale)
+            probs.append(p.softmax(-1))  # (B H, K, e)
+            ys.append(torch.bmm(probs[-1], v[:, :e]))  # (B H, K, C)
+        ctx.block, y = block, torch.cat(ys, 1)
+        ctx.save_for_backward(q, k, v, y, *probs)
+        return y.view(shape)
+
+    @staticmethod
+    def backward(ctx, gy: Tensor) -> tuple[Tensor, Tensor, Tensor, None]:
+        q, k, v, y, *probs = ctx.saved_tensors
+        shape, gy = gy.shape, gy.reshape(q.shape)
+        rowdot = torch.linalg.vecdot(gy, y).unsqueeze(-1)  # (B H, T, 1): sum_j p_j dp_j
+        gq, gk, gv = [], None, None
+        # Last query block first: it spans all keys, so it creates gk and gv; the earlier
+        # blocks add into prefixes (bmm + add: baddbmm_ into a slice runs per batch row).
+        for p, s in reversed(list(zip(probs, range(0, q.shape[1], ctx.block), strict=True))):
+            e, g = s + p.shape[1], gy[:, s : s + p.shape[1]]
+            gs = torch.bmm(g, v[:, :e].transpose(1, 2)).sub_(rowdot[:, s:e]).mul_(p)  # softmax'
+            gq.insert(0, torch.bmm(gs, k[:, :e]))
+            dk, dv = torch.bmm(gs.transpose(1, 2), q[:, s:e]), torch.bmm(p.transpose(1, 2), g)
+            if gk is None:  # the last block: all keys
+                gk, gv = dk, dv
+            else:
+                gk[:, :e] += dk
+                gv[:, :e] += dv
+        scale = q.shape[-1] ** -0.5
+        gq = torch.cat(gq, 1).mul_(scale)
+        return gq.view(shape), gk.mul_(scale).view(shape), gv.view(shape), None
+
+
+def _blocked_attention_ok(q: Tensor) -> bool:
+    """Training on the CPU in fp32 with T <= 1024: use :class:`_CausalAttentionFn`."""
+    return (
+        q.device.type == "cpu" and q.dtype == torch.float32 and q.shape[2] <= 1024
+        and torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
+    )  # fmt: skip
+
+
 class RMSNorm(nn.Module):
     """Root-mean-square norm with a learned gain (no bias), over the last dimension."""
 
@@ -322,7 +379,10 @@ class Attention(nn.Module):
         # mask None: training/prefill without padding -> causal; a 1-token decode with no
         # padding attends to every filled slot, so neither needs a mask tensor.
         is_causal = mask is None and q.shape[2] > 1
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
+        if is_causal and cache is None and _blocked_attention_ok(q):
+            y = _CausalAttentionFn.apply(q, k, v, 128)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
         return self.proj(y.transpose(1, 2).reshape(b, t, -1))  # (B, T, H C)
 
 
@@ -443,6 +503,14 @@ class Transformer(nn.Module):
         Returns:
             ``(B, T, V)`` logits.
         """
+        return self.head(self.hidden(idx, pad))
+
+    def hidden(self, idx: Tensor, pad: Tensor | None = None) -> Tensor:
+        """``forward`` without the output layer: final-normed states ``(B, T, D)``.
+
+        The training loss applies :attr:`head_weight` itself, in row chunks fused with the
+        cross-entropy, so the ``(B, T, V)`` logits are never materialised at once.
+        """
         b, t = idx.shape
         self._check_len(t)
         if pad is None:
@@ -454,14 +522,20 @@ class Transformer(nn.Module):
         x = self.wte(idx)
         for block in self.blocks:
             x = block(x, freqs, mask)
-        return self._logits(x)
+        return self.norm(x)
+
+    @property
+    def head_weight(self) -> Tensor:
+        """The output layer as a ``(D, V)`` matrix (the embedding table transposed if tied)."""
+        return self.wte.weight.t() if self.lm_head is None else self.lm_head.weight
+
+    def head(self, x: Tensor) -> Tensor:
+        """Output projection of normed states: (B, T, D) -> (B, T, V)."""
+        return F.linear(x, self.wte.weight) if self.lm_head is None else self.lm_head(x)
 
     def _logits(self, x: Tensor) -> Tensor:
         """Final norm and output projection: (B, T, D) -> (B, T, V)."""
-        x = self.norm(x)
-        if self.lm_head is None:
-            return F.linear(x, self.wte.weight)
-        return self.lm_head(x)
+        return self.head(self.norm(x))
 
     def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
         """An empty cache on the model's device and dtype (``max_len`` defaults to block_size)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -21,7 +22,12 @@ from native_mm.training.data import (
     ResumableBatchSampler,
     transform_document,
 )
-from native_mm.training.module import LanguageModule, cosine_schedule, load_model
+from native_mm.training.module import (
+    LanguageModule,
+    _HeadCrossEntropyFn,
+    cosine_schedule,
+    load_model,
+)
 from native_mm.training.shards import ShardSet, write_shards_from_ids
 from native_mm.vocab import BOA, BOI, BOS, EOA, EOI, Vocab, VocabError
 from tests.doubles import corpus_shards, fit_args, random_docs, step_losses, text_shards
@@ -166,6 +172,80 @@ def test_loss_weights_zloss_and_nonfinite():
         base.compute_loss(batch, "train")
 
 
+@pytest.mark.parametrize("rows", [7, 1000])
+def test_fused_head_cross_entropy_matches_the_logits_path(rows):
+    """Chunked output layer + CE (gradients made in the forward) == autograd on full logits."""
+    torch.manual_seed(0)
+    n, d, v = 40, 16, 96
+    h = torch.randn(n, d, requires_grad=True)
+    weight = torch.randn(d, v, requires_grad=True)
+    target = torch.randint(0, v, (n,))
+    target[:5] = target[5]  # repeated targets in one chunk (the one-hot scatter adds up)
+    w_ce, w_z = torch.rand(n) * (torch.rand(n) > 0.2), torch.rand(n) * 1e-2
+    logits = h @ weight
+    lse = torch.logsumexp(logits, -1)
+    ce = lse - logits.gather(1, target[:, None]).squeeze(1)
+    ref = (ce * w_ce).sum() + (lse.square() * w_z).sum()
+    ref_grads = torch.autograd.grad(3 * ref, (h, weight))  # upstream gradient 3, not 1
+    loss, ce2, lse2, pred = _HeadCrossEntropyFn.apply(h, weight, target, w_ce, w_z, rows, True)
+    grads = torch.autograd.grad(3 * loss, (h, weight))
+    torch.testing.assert_close(loss, ref)
+    torch.testing.assert_close(ce2, ce.detach())
+    torch.testing.assert_close(lse2, lse.detach())
+    assert torch.equal(pred, logits.argmax(-1))
+    for g, r in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(g, r)
+
+
+@pytest.mark.parametrize("arch", [{}, {"tie_embeddings": True}])
+def test_compute_loss_fused_equals_the_logits_path(arch):
+    """compute_loss with the fused head loss == plain autograd over materialised logits:
+    loss, every gradient and every per-modality metric (z-loss, weights, mask); no-grad too."""
+    vocab = Vocab(text_size=40, image_codes=8, audio_codes=8, audio_levels=2)
+    torch.manual_seed(0)
+    cfg = ModelConfig(n_layer=1, n_embd=32, n_head=2, block_size=16, **arch)
+    m = LanguageModule(arch=cfg, vocab_manifest=vocab.to_manifest({"text": "abc"}),
+                       z_loss=1e-2, modality_weights={"image": 0.5})  # fmt: skip
+    m.configure_model()
+    logged: dict = {}
+    m.log = lambda k, val, **kw: logged.__setitem__(k, val)
+    m.log_dict = lambda d, **kw: logged.update(d)
+    x = torch.randint(0, vocab.size, (3, 16))
+    target, mask = x.roll(-1, 1), torch.rand(3, 16) > 0.3
+    loss = m.compute_loss({"input": x, "target": target, "mask": mask}, "train")
+    loss.backward()
+    grads = [p.grad.clone() for p in m.model.parameters()]
+    # reference: the full (B, T, V) logits, autograd through logsumexp and gather
+    m.model.zero_grad()
+    logits, maskf = m.model(x), mask.float()
+    mod = m.modality_table[target]
+    lse = torch.logsumexp(logits, -1)
+    ce = lse - logits.gather(-1, target[..., None]).squeeze(-1)
+    w = m.modality_weight[mod] * maskf
+    ref = ((ce * w).sum() + 1e-2 * (lse.square() * maskf).sum()) / maskf.sum()
+    ref.backward()
+    torch.testing.assert_close(loss, ref)
+    for g, p in zip(grads, m.model.parameters(), strict=True):
+        torch.testing.assert_close(g, p.grad)
+    correct = (logits.argmax(-1) == target).float()
+    assert {"train/loss_text", "train/acc_image", "train/loss_audio"} <= set(logged)
+    for i, name in enumerate(("special", "text", "image", "audio")):
+        sel = maskf * (mod == i).float()
+        if sel.sum() > 0:
+            torch.testing.assert_close(logged[f"train/loss_{name}"], (ce * sel).sum() / sel.sum())
+            torch.testing.assert_close(logged[f"train/acc_{name}"],
+                                       (correct * sel).sum() / sel.sum())  # fmt: skip
+    with torch.no_grad():
+        torch.testing.assert_close(m.compute_loss({"input": x, "target": target, "mask": mask},
+                                                  "val"), loss)  # fmt: skip
+    if m.model.lm_head is not None:  # a hook on the output layer takes the logits path
+        m.model.lm_head.register_forward_hook(lambda mod, args, out: out * 0)
+        plain = m.compute_loss({"input": x, "target": target, "mask": mask}, "train")
+        lv = math.log(m.config.padded_vocab_size)  # zero logits: ce = lse = log V
+        expect = (lv * w.sum() + 1e-2 * lv**2 * maskf.sum()) / maskf.sum()
+        assert plain.item() == pytest.approx(expect.item(), rel=1e-5)
+
+
 def test_cosine_schedule():
     lrs = [cosine_schedule(s, 10, 100, 0.1) for s in range(120)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
@@ -206,6 +286,15 @@ def test_exact_resume_after_kill(shards, tmp_path):
     assert sorted(resumed) == list(range(step, n))
     for s in resumed:
         assert resumed[s] == pytest.approx(clean[s], abs=1e-6), s
+
+
+def test_resumed_fit_keeps_the_earlier_runs_csv_log(shards, tmp_path):
+    """Lightning's CSV logger deletes metrics.csv at start: a resume moves it aside first."""
+    out = tmp_path / "run"
+    _fit(fit_args(shards, out, 2))
+    _fit(fit_args(shards, out, 4, "--ckpt_path", str(out / "checkpoints" / "last.ckpt")))
+    first = step_losses(out, log="metrics.1.csv")
+    assert sorted(first) == [0, 1] and sorted(step_losses(out)) == [2, 3]
 
 
 def test_ddp_two_processes_match_one(shards, tmp_path):

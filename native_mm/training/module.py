@@ -62,6 +62,50 @@ def cosine_schedule(step: int, warmup: int, total: int, min_ratio: float) -> flo
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+class _HeadCrossEntropyFn(torch.autograd.Function):
+    """Output layer + cross-entropy + argmax over row chunks, gradients computed in the forward.
+
+    The ``(N, V)`` logits exist one chunk of rows at a time (as Liger-Kernel's fused linear
+    cross-entropy, Hsu et al. 2024), and each chunk takes one argmax, one log-softmax and
+    one exp + scale pass, in place of the unfused path's logsumexp, gather, argmax and their
+    backward passes over the full ``(B, T, V)`` tensor. The loss is
+    ``sum_i w_ce[i] ce[i] + w_z[i] lse[i]^2``, so ``d loss / d logits[i] =
+    (w_ce[i] + 2 w_z[i] lse[i]) softmax(logits[i]) - w_ce[i] onehot(target[i])``.
+    """
+
+    @staticmethod
+    def forward(ctx, h, weight, target, w_ce, w_z, rows: int, grad: bool):
+        # h (N, D) normed states, weight (D, V), target/w_ce/w_z (N,); grad: compute gradients
+        n = h.shape[0]
+        ce, lse = torch.empty(2, n, device=h.device)  # fp32 per-row loss and log-sum-exp
+        pred = torch.empty(n, dtype=torch.long, device=h.device)
+        gh, gw = torch.empty_like(h) if grad else None, None
+        for s in range(0, n, rows):
+            e = min(s + rows, n)
+            hc, tc = h[s:e], target[s:e, None]
+            logits = torch.mm(hc, weight).float()  # (R, V); no copy in fp32
+            pred[s:e] = logits.argmax(-1)
+            logp = torch.log_softmax(logits, -1)
+            ce[s:e] = -logp.gather(1, tc).squeeze(1)
+            lse[s:e] = logits.gather(1, tc).squeeze(1) + ce[s:e]
+            if grad:
+                c = (w_ce[s:e] + 2 * w_z[s:e] * lse[s:e])[:, None]  # (R, 1)
+                g = logp.exp_().mul_(c).scatter_add_(1, tc, -w_ce[s:e, None])  # d loss/d logits
+                gh[s:e] = torch.mm(g, weight.t())
+                gwc = torch.mm(hc.t(), g)  # (D, V)
+                gw = gwc if gw is None else gw.add_(gwc)
+        ctx.save_for_backward(gh, gw.to(weight.dtype) if grad else None)
+        ctx.mark_non_differentiable(ce, lse, pred)
+        return (ce * w_ce).sum() + (lse.square() * w_z).sum(), ce, lse, pred
+
+    @staticmethod
+    def backward(ctx, g, *_):
+        gh, gw = ctx.saved_tensors
+        if g.ne(1).item():  # e.g. a loss divided for gradient accumulation
+            gh, gw = gh * g, gw * g
+        return gh, gw, None, None, None, None, None
+
+
 class LanguageModule(L.LightningModule):
     """Next-token training of :class:`Transformer` over shard batches.
 
@@ -140,7 +184,8 @@ class LanguageModule(L.LightningModule):
                 init_code_embeddings(self.model, self.hparams.vocab_manifest,
                                      self.hparams.code_vectors)  # fmt: skip
             if self.hparams.compile:
-                self.model.compile()
+                self.model.compile()  # forward
+                self.model.hidden = torch.compile(self.model.hidden)  # the training loss's
 
     def on_fit_start(self) -> None:
         m, t = self.model, self.config.block_size
@@ -164,26 +209,20 @@ class LanguageModule(L.LightningModule):
 
     def compute_loss(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
         """Masked next-token loss; logs loss/accuracy per target modality."""
-        logits = self.model(batch["input"]).float()  # (B, T, V)
         target, mask = batch["target"], batch["mask"].float()
-        lse = torch.logsumexp(logits, dim=-1)  # (B, T)
-        tgt_logit = logits.gather(-1, target[..., None]).squeeze(-1)
-        ce = lse - tgt_logit  # (B, T)
         mod = self.modality_table[target]  # (B, T)
         w = self.modality_weight[mod] * mask
         n_local = mask.sum()
         n_global, world = self._global_count(n_local.detach())
         denom = n_global.clamp(min=1) / world  # DDP averages gradients over ranks
-        loss = (ce * w).sum() / denom
-        if self.hparams.z_loss:
-            loss = loss + self.hparams.z_loss * (lse.square() * mask).sum() / denom
+        loss, ce, correct = self._head_loss(batch["input"], target, w / denom,
+                                            self.hparams.z_loss * mask / denom)  # fmt: skip
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"non-finite {stage} loss {loss.item()} at step {self.global_step} "
                 "(lower the LR, enable z-loss or gradient clipping)"
             )
         with torch.no_grad():
-            correct = (logits.argmax(-1) == target).float()
             metrics = {f"{stage}/loss": (ce * mask).sum() / n_local.clamp(min=1)}
             for i, name in enumerate(MODALITIES):
                 sel = mask * (mod == i).float()
@@ -198,6 +237,25 @@ class LanguageModule(L.LightningModule):
                  sync_dist=world > 1 or not on_step, prog_bar=True)  # fmt: skip
         self.log_dict(metrics, on_step=on_step, on_epoch=not on_step, sync_dist=not on_step)
         return loss
+
+    def _head_loss(self, idx, target, w_ce, w_z):
+        """Weighted loss ``sum(w_ce ce + w_z lse^2)``, per-token ce ``(B, T)`` and correct."""
+        h = self.model.hidden(idx)  # (B, T, D)
+        head = self.model.lm_head
+        if head is not None and (head._forward_hooks or head._forward_pre_hooks):
+            # hooks on the output layer see its logits: the plain path, logits materialised
+            logits = head(h).float()  # (B, T, V)
+            lse = torch.logsumexp(logits, dim=-1)
+            ce = lse - logits.gather(-1, target[..., None]).squeeze(-1)
+            loss = (ce * w_ce).sum() + (lse.square() * w_z).sum()
+            return loss, ce.detach(), (logits.detach().argmax(-1) == target).float()
+        rows = max(1, 2**23 // self.config.padded_vocab_size)  # 32 MB of fp32 logits a chunk
+        weight = self.model.head_weight
+        grad = torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad)
+        loss, ce, _, pred = _HeadCrossEntropyFn.apply(
+            h.flatten(0, 1), weight, target.flatten(), w_ce.flatten(), w_z.flatten(), rows, grad
+        )
+        return loss, ce.view_as(target), (pred.view_as(target) == target).float()
 
     def _skip_nonfinite(self, what: str) -> None:
         """Count a skipped step; stop the run once there were too many."""
