@@ -110,9 +110,11 @@ def fit_args(shards: Path, out: Path, steps: int, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-def step_losses(out: Path, key: str = "train/loss_opt") -> dict[int, float]:
-    """Per-step values of ``key`` from a run's CSV log."""
+def step_losses(
+    out: Path, key: str = "train/loss_opt", log: str = "metrics.csv"
+) -> dict[int, float]:
+    """Per-step values of ``key`` from a run's CSV log (``log``: an earlier run's file)."""
     import csv
 
-    with open(out / "csv" / "metrics.csv") as f:
+    with open(out / "csv" / log) as f:
         return {int(r["step"]): float(r[key]) for r in csv.DictReader(f) if r.get(key)}

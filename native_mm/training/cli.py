@@ -110,8 +110,26 @@ class FitCLI(LightningCLI):
         elif run.logger != "csv":
             raise ValueError(f"run.logger must be wandb, csv or none, got {run.logger!r}")
         flush = run.csv_flush_every
+        keep_previous_csv(out / "csv")
         loggers.append(CSVLogger(str(out), name="csv", version="", flush_logs_every_n_steps=flush))
         return loggers
+
+
+def keep_previous_csv(log_dir: Path) -> Path | None:
+    """Move an earlier run's ``metrics.csv`` to ``metrics.N.csv`` (N = 1, 2, ...).
+
+    Lightning's CSV logger deletes the file it finds when a run starts, so a resumed fit
+    would lose the rows of every step before the resume; rank 0 moves it aside instead.
+    """
+    from lightning.pytorch.utilities import rank_zero_only
+
+    current = log_dir / "metrics.csv"
+    if rank_zero_only.rank != 0 or not current.is_file():
+        return None
+    n = 1
+    while (log_dir / f"metrics.{n}.csv").exists():
+        n += 1
+    return current.rename(log_dir / f"metrics.{n}.csv")
 
 
 TRAINER_DEFAULTS = {
