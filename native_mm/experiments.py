@@ -86,7 +86,7 @@ class FitResult:
     out_dir: Path  # the run directory (lm_config.yaml, checkpoints/, csv/metrics.csv)
     checkpoint: Path | None  # checkpoints/last.ckpt, None if the run wrote none
     metrics: list[dict[str, float]]  # rows of csv/metrics.csv (see read_metrics)
-    seconds: float  # wall time of the fit (0 when the run was reused)
+    seconds: float  # wall time of the fit (of the original run when it was reused)
     error: str | None = None  # the NonFiniteError message when training diverged and stopped
 
     def series(self, key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -182,7 +182,8 @@ def fit_lm(
     if reuse and done.is_file():
         info = json.loads(done.read_text())
         metrics = read_metrics(out) if (out / "csv" / "metrics.csv").is_file() else []
-        return FitResult(out, last if last.is_file() else None, metrics, 0.0, info.get("error"))
+        seconds = float(info.get("seconds", 0.0))  # of the run that made it
+        return FitResult(out, last if last.is_file() else None, metrics, seconds, info.get("error"))
     if out.exists():
         shutil.rmtree(out)  # a half-finished run: start it again from scratch
     out.mkdir(parents=True)
