@@ -16,6 +16,7 @@ import hashlib
 import io
 import json
 import os
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -157,11 +158,24 @@ def save_torch(path: str | Path, obj: Any) -> str:
 
 
 def torch_bytes(obj: Any) -> bytes:
+    """``torch.save`` of ``obj`` with every string interned first, so equal content gives
+    equal bytes (pickle shares one memo entry per string *object*: a resumed run's unpickled
+    keys would otherwise pickle differently from the literals of an uninterrupted run)."""
     import torch
 
     buf = io.BytesIO()
-    torch.save(obj, buf)
+    torch.save(_interned(obj), buf)
     return buf.getvalue()
+
+
+def _interned(obj: Any) -> Any:
+    if isinstance(obj, str):
+        return sys.intern(obj) if type(obj) is str else obj
+    if type(obj) is dict:
+        return {_interned(k): _interned(v) for k, v in obj.items()}
+    if type(obj) in (list, tuple):
+        return type(obj)(_interned(v) for v in obj)
+    return obj
 
 
 # ---- checksummed checkpoints -------------------------------------------------------------

@@ -1115,10 +1115,12 @@ def test_fit_killed_at_random_moments_resumes_bit_identical(kills, text_shards_d
     assert a["global_step"] == b["global_step"] == steps
     assert sorted(a["state_dict"]) == sorted(b["state_dict"]) and len(a["state_dict"]) > 5
     assert _same_content(a, b) == []  # every tensor bit-identical, every other value equal
-    # The same files: no stale step checkpoint and no temp file of a killed write is left.
-    # Their bytes differ only in pickle's memo: the resumed optimiser's 'step' keys are
-    # strings unpickled from the checkpoint, not the interned literal the clean run shares.
+    # The same files, byte for byte (io.torch_bytes interns strings, so pickle's memo does
+    # not depend on where they came from): no stale step checkpoint, no temp file left.
     assert sorted(_tree(run / "checkpoints")) == sorted(_tree(clean_run / "checkpoints"))
+    for name in ("last.ckpt", "last.ckpt.sha256.json"):
+        assert (run / "checkpoints" / name).read_bytes() == (
+            clean_run / "checkpoints" / name).read_bytes(), name  # fmt: skip
 
 
 def test_pipeline_verifies_the_checksummed_eval_json_it_reads(tmp_path, monkeypatch):
