@@ -206,7 +206,9 @@ class Pipeline:
         if self.r.get("threads"):
             cfg = deep_merge(cfg, {"run": {"threads": int(self.r["threads"])}})
         if block.get("code_vectors"):  # media embeddings start from the tokenizers' latents
-            vectors = self.paths["tokenizers"] / "code_vectors.npz"
+            from native_mm.tokenizers.base import CODE_VECTORS
+
+            vectors = self.paths["tokenizers"] / CODE_VECTORS
             cfg = deep_merge(cfg, {"model": {"code_vectors": str(vectors)}})
         run_dir.mkdir(parents=True, exist_ok=True)
         path = run_dir / "lm_config.yaml"

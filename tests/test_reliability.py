@@ -195,20 +195,25 @@ def test_validate_missing_file_is_one_line_error(tmp_path, capsys):
     assert "nope.jsonl" in err and "Traceback" not in err
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tokenizer_dir, tmp_path_factory) -> Path:
-    """A tiny random transformer saved as a plain inference checkpoint."""
+def _tiny_checkpoint(tokenizer_dir: Path, folder: Path, block_size: int) -> Path:
+    """A tiny random transformer over the tokenizer set, saved as an inference checkpoint."""
     from native_mm.checkpoint import save_checkpoint
     from native_mm.model import ModelConfig, Transformer
 
     tset = TokenizerSet.load(tokenizer_dir)
     torch.manual_seed(0)
     cfg = ModelConfig.from_name(
-        "tiny", vocab_size=tset.vocab.size, n_layer=1, n_embd=32, block_size=1024
+        "tiny", vocab_size=tset.vocab.size, n_layer=1, n_embd=32, block_size=block_size
     )
-    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
+    path = folder / "model.pt"
     save_checkpoint(path, Transformer(cfg), tset.manifest())
     return path
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tokenizer_dir, tmp_path_factory) -> Path:
+    """A tiny random transformer saved as a plain inference checkpoint."""
+    return _tiny_checkpoint(tokenizer_dir, tmp_path_factory.mktemp("ckpt"), 1024)
 
 
 BAD_PROMPTS = [
@@ -1159,17 +1164,7 @@ def test_pipeline_verifies_the_checksummed_eval_json_it_reads(tmp_path, monkeypa
 def eval_checkpoint(tokenizer_dir, tmp_path_factory) -> Path:
     """A tiny random transformer with room for the held-out clips' prompts (~1,150 tokens
     with the tiny EnCodec)."""
-    from native_mm.checkpoint import save_checkpoint
-    from native_mm.model import ModelConfig, Transformer
-
-    tset = TokenizerSet.load(tokenizer_dir)
-    torch.manual_seed(0)
-    cfg = ModelConfig.from_name(
-        "tiny", vocab_size=tset.vocab.size, n_layer=1, n_embd=32, block_size=4096
-    )
-    path = tmp_path_factory.mktemp("eval_ckpt") / "model.pt"
-    save_checkpoint(path, Transformer(cfg), tset.manifest())
-    return path
+    return _tiny_checkpoint(tokenizer_dir, tmp_path_factory.mktemp("eval_ckpt"), 4096)
 
 
 # `native-mm eval` whose every atomic write lingers 50 ms between its temp file and the
