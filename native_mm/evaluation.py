@@ -61,6 +61,10 @@ class EvalConfig:
     temperature_media: float = 0.8  # image / audio sampling temperature
     top_k: int | None = None  # top-k for media sampling (None = all)
     cfg_scale: float | None = None  # classifier-free guidance for media (None = off)
+    cfg_scale_image: float | None = None  # overrides cfg_scale for images
+    cfg_scale_audio: float | None = None  # overrides cfg_scale for audio
+    temperature_image: float | None = None  # overrides temperature_media for images
+    temperature_audio: float | None = None  # overrides temperature_media for audio
     seed: int = 0  # sampling seed
     n_wavs: int = 2  # generated WAVs saved per digit (text->audio)
     threads: int = 0  # torch threads (0 = leave torch's default)
@@ -75,22 +79,22 @@ class Item:
 
 
 # ---- held-out material -----------------------------------------------------------------
-def heldout_images(size: int) -> tuple[list[Any], np.ndarray]:
-    """Held-out digit images as PIL (``size`` px) and their labels."""
+def heldout_images(size: int, split: str = "heldout") -> tuple[list[Any], np.ndarray]:
+    """Held-out (or ``split``) digit images as PIL (``size`` px) and their labels."""
     from native_mm.data import digits
 
-    x, y = digits.load("heldout")
+    x, y = digits.load(split)
     return [digits.to_pil(im, size) for im in x], y
 
 
-def heldout_clips(root: str | None = None) -> tuple[list[Any], np.ndarray]:
-    """Held-out voices' clips as :class:`Waveform` and their labels."""
+def heldout_clips(root: str | None = None, split: str = "heldout") -> tuple[list[Any], np.ndarray]:
+    """Held-out (or ``split``) voices' clips as :class:`Waveform` and their labels."""
     import soundfile as sf
 
     from native_mm.data import speech
     from native_mm.tokenizers.base import Waveform
 
-    clips = speech.read_manifest(root or speech.DEFAULT_DIR, split="heldout")
+    clips = speech.read_manifest(root or speech.DEFAULT_DIR, split=split)
     wavs = []
     for c in clips:
         x, sr = sf.read(c.path, dtype="float32", always_2d=True)
@@ -113,10 +117,16 @@ def _spread(n_total: int, labels: np.ndarray, k: int) -> list[int]:
     return sorted(out)
 
 
-def build_items(cfg: EvalConfig, audio_root: str | None = None) -> dict[str, list[Item]]:
-    """The prompts of every direction (held-out media, training wordings)."""
-    imgs, img_y = heldout_images(cfg.image_size)
-    wavs, wav_y = heldout_clips(audio_root)
+def build_items(
+    cfg: EvalConfig, audio_root: str | None = None, split: str = "heldout"
+) -> dict[str, list[Item]]:
+    """The prompts of every direction (held-out media, training wordings).
+
+    ``split="train"`` takes the training writers' and voices' media instead: a dev set for
+    choosing sampling settings without looking at held-out media.
+    """
+    imgs, img_y = heldout_images(cfg.image_size, split)
+    wavs, wav_y = heldout_clips(audio_root, split)
     ii = _spread(len(imgs), img_y, cfg.max_items)
     aa = _spread(len(wavs), wav_y, cfg.max_items)
     n_text = cfg.max_items
@@ -183,6 +193,10 @@ def judge(judges: Judges, kind: str, outputs: Sequence[Any]) -> np.ndarray:
 
 
 # ---- generation --------------------------------------------------------------------------
+def _pick(specific: float | None, shared: float | None) -> float | None:
+    return shared if specific is None else specific
+
+
 GenerateFn = Callable[[str, list[Item]], list[Any]]
 
 
@@ -215,17 +229,14 @@ def model_generator(model: Any, tokenizers: Any, cfg: EvalConfig) -> GenerateFn:
             out = gen.OutputSpec(modality="text")
             samp = gen.SamplingConfig(max_new_tokens=24, temperature=cfg.temperature_text,
                                       seed=cfg.seed)  # fmt: skip
-        elif dst == "image":
-            out = gen.OutputSpec(modality="image", image_size=grid)
-            samp = gen.SamplingConfig(
-                max_new_tokens=grid[0] * grid[1] + 4, temperature=cfg.temperature_media,
-                top_k=cfg.top_k, seed=cfg.seed, cfg_scale=cfg.cfg_scale,
-            )  # fmt: skip
         else:
-            out = gen.OutputSpec(modality="audio")
+            image = dst == "image"
+            out = gen.OutputSpec(modality=dst, image_size=grid if image else None)
             samp = gen.SamplingConfig(
-                max_new_tokens=max_frames * q + 2, temperature=cfg.temperature_media,
-                top_k=cfg.top_k, seed=cfg.seed, cfg_scale=cfg.cfg_scale,
+                max_new_tokens=grid[0] * grid[1] + 4 if image else max_frames * q + 2,
+                temperature=_pick(getattr(cfg, f"temperature_{dst}"), cfg.temperature_media),
+                top_k=cfg.top_k, seed=cfg.seed,
+                cfg_scale=_pick(getattr(cfg, f"cfg_scale_{dst}"), cfg.cfg_scale),
             )  # fmt: skip
         results: list[Any] = []
         prompts = [encode_prompt(it) for it in items]

@@ -123,3 +123,37 @@ def test_smoke_pipeline_every_stage(tmp_path: Path) -> None:
     # a second run finds every artifact and skips every stage
     again = Pipeline(recipe, out, log=lambda *a, **k: None).run()
     assert all(s["status"] == "skipped" for s in again["stages"])
+
+
+def test_eval_sampling_settings_are_per_modality(monkeypatch: pytest.MonkeyPatch) -> None:
+    from native_mm import generation
+    from native_mm.evaluation import model_generator
+    from native_mm.vocab import Vocab
+
+    class Codes:  # encode(): text -> two piece ids, image -> a 4x4 grid of code 0
+        def __init__(self, kind: str) -> None:
+            self.kind = kind
+
+        def encode(self, media: object) -> np.ndarray:
+            return np.array([3, 4]) if self.kind == "text" else np.zeros((4, 4), np.int64)
+
+    class Set:
+        vocab = Vocab(text_size=50, image_codes=16, audio_codes=8, audio_levels=2,
+                      image_max_grid=8)  # fmt: skip
+
+        def __getitem__(self, kind: str) -> Codes:
+            return Codes(kind)
+
+    seen: dict[str, generation.SamplingConfig] = {}
+    monkeypatch.setattr(generation, "audio_frames_for", lambda seconds, toks: 50)
+    monkeypatch.setattr(generation, "generate_ids", lambda m, p, v, out, samp, **k:
+                        seen.setdefault(out.modality, samp) and [])  # fmt: skip
+    cfg = EvalConfig(cfg_scale=2.0, cfg_scale_audio=1.5, temperature_media=0.8,
+                     temperature_image=0.5, audio_max_seconds=1.0)  # fmt: skip
+    run = model_generator(None, Set(), cfg)
+    for direction in ("text->image", "text->audio"):
+        run(direction, [Item([("text", "seven")], 7)])
+    assert (seen["image"].cfg_scale, seen["image"].temperature) == (2.0, 0.5)
+    assert (seen["audio"].cfg_scale, seen["audio"].temperature) == (1.5, 0.8)
+    assert seen["image"].max_new_tokens == 4 * 4 + 4
+    assert seen["audio"].max_new_tokens == 50 * 2 + 2
