@@ -1,12 +1,14 @@
 """Sampling settings of the main job's media directions, chosen without held-out media.
 
-Guidance scale, temperature and top-k are swept on the two TEXT-prompted directions
-(text->image, text->audio): their prompts are the training wordings, so the choice never
-looks at a held-out writer or voice, and a different sampling seed than ``native-mm eval``
-(seed 0) is used. The winners go into ``recipes/digits.yaml``'s ``eval:`` section.
+Guidance scale, temperature and top-k are swept on the text-prompted directions
+(text->image, text->audio; their prompts are the training wordings) and, with
+``--directions``, on media-prompted ones, whose prompts come from ``--split train`` (the
+training writers and voices) by default: the choice never looks at a held-out writer or
+voice. The sampling seed differs from ``native-mm eval``'s (seed 0). The winners go into
+``recipes/digits.yaml``'s ``eval:`` section.
 
     python benchmarks/sweep_sampling.py --ckpt runs/digits/lm/checkpoints/last.ckpt \
-        --tokenizers runs/digits/tokenizers/set --cfg 1 2 3 4 --temperature 0.6 0.8 1.0
+        --tokenizers runs/digits/tokenizers/set --cfg 1 2 3 4 --temperature 0.5 0.8 1.0
 """
 
 from __future__ import annotations
@@ -14,10 +16,8 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from native_mm import evaluation as ev
@@ -34,7 +34,7 @@ def main() -> None:
     p.add_argument("--temperature", nargs="+", type=float, default=[0.8])
     p.add_argument("--top-k", nargs="+", type=int, default=[0], help="0 = all")
     p.add_argument("--items", type=int, default=100)
-    p.add_argument("--audio-levels", type=int, default=2)
+    p.add_argument("--audio-levels", type=int, default=1, help="the shards' tokenize.audio_levels")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--split", default="train", help="media prompts of this split (train = dev)")
     p.add_argument("--threads", type=int, default=2)
@@ -50,18 +50,16 @@ def main() -> None:
     print("| direction | cfg | temperature | top_k | accuracy | seconds |")
     print("| --- | --- | --- | --- | --- | --- |")
     for d in a.directions:
-        truth = np.array([it.digit for it in items[d]])
         for cfg, temp, k in itertools.product(a.cfg, a.temperature, a.top_k):
             c = ev.EvalConfig(**{**vars(base), "cfg_scale": None if cfg == 1 else cfg,
                                  "temperature_media": temp, "top_k": k or None})  # fmt: skip
-            t0 = time.perf_counter()
-            outputs = ev.model_generator(model, tokenizers, c)(d, items[d])
-            acc = float((ev.judge(judges, d.split("->")[1], outputs) == truth).mean())
+            gen = ev.model_generator(model, tokenizers, c)
+            r = ev.evaluate(gen, {d: items[d]}, judges, cfg=c, progress=False)["directions"][d]
             row = {"direction": d, "cfg": cfg, "temperature": temp, "top_k": k,
-                   "accuracy": acc, "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
+                   "accuracy": r["accuracy"], "seconds": r["seconds"]}  # fmt: skip
             rows.append(row)
-            print(f"| {d} | {cfg} | {temp} | {k or 'all'} | {100 * acc:.1f}% "
-                  f"| {row['seconds']} |", flush=True)  # fmt: skip
+            print(f"| {d} | {cfg} | {temp} | {k or 'all'} | {100 * r['accuracy']:.1f}% "
+                  f"| {r['seconds']} |", flush=True)  # fmt: skip
     if a.out:
         Path(a.out).write_text(json.dumps(rows, indent=1))
 
