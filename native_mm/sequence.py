@@ -321,15 +321,23 @@ def _check_codes(codes: np.ndarray, size: int, kind: str) -> None:
 
 
 # ---- media level: documents <-> spans through the tokenizers ---------------------------
-def encode_document(doc: Any, tokenizers: TokenizerSet, codec: SequenceCodec) -> Encoded:
+def encode_document(
+    doc: Any, tokenizers: TokenizerSet, codec: SequenceCodec, media_codes: Any = None
+) -> Encoded:
     """A validated document (``native_mm.documents.Document``) -> :class:`Encoded`.
 
     Media errors are re-raised naming the document's source line and id.
+
+    Args:
+        media_codes: optional ``(kind, path) -> codes | None`` lookup of media already
+            encoded (corpora reuse one clip or image in many documents); a miss encodes.
     """
     spans, loss = [], []
     for k, seg in enumerate(doc.segments):
         try:
-            codes = tokenizers[seg.kind].encode(seg.value)
+            codes = None if media_codes is None else media_codes(seg.kind, seg.value)
+            if codes is None:
+                codes = tokenizers[seg.kind].encode(seg.value)
         except ValueError as e:
             raise type(e)(f"{doc.source} (id {doc.id!r}) segment {k}: {e}") from None
         spans.append(Span(seg.kind, codes))
