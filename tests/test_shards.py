@@ -153,3 +153,62 @@ def test_tokenize_verb_with_a_saved_tokenizer_set(tmp_path, capsys):
     assert rc == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["documents"] == 12
     assert len(ShardSet(tmp_path / "out")) == 12
+
+
+def _media_corpus(root):
+    """Six images and two clips reused across 24 documents, plus one corrupt PNG."""
+    import soundfile as sf
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(root / f"i{i}.png")
+    for i in range(2):
+        sf.write(root / f"a{i}.wav", rng.uniform(-0.5, 0.5, 800 + 400 * i), 8000)
+    (root / "bad.png").write_bytes(b"not a png")
+    lines = []
+    for k in range(24):
+        image = "bad.png" if k == 5 else f"i{k % 6}.png"
+        segs = [{"text": f"doc {k}"}, {"image": image}, {"audio": f"a{k % 2}.wav"}]
+        lines.append(json.dumps({"id": f"d{k}", "segments": segs}))
+    (root / "docs.jsonl").write_text("\n".join(lines) + "\n")
+    return root / "docs.jsonl"
+
+
+def test_media_cache_encodes_each_file_once_with_the_same_codes(tiny_tokenizers, tmp_path):
+    corpus = _media_corpus(tmp_path / "c")
+    manifest = tokenize([corpus], tmp_path / "out", tiny_tokenizers, docs_per_shard=10,
+                        workers=0, log=_quiet)  # fmt: skip
+    # same ids as encoding every document on its own, the corrupt image's document skipped
+    codec = SequenceCodec(tiny_tokenizers.vocab)
+    expected = []
+    for doc in read_documents(corpus, on_error="skip"):
+        with contextlib.suppress(ValueError):
+            expected.append(encode_document(doc, tiny_tokenizers, codec).ids)
+    ss = ShardSet(tmp_path / "out")
+    assert manifest["documents"] == len(ss) == len(expected) == 23
+    for k, ids in enumerate(expected):
+        np.testing.assert_array_equal(ss.document(k)[0], ids)
+    (skip,) = json.loads((tmp_path / "out/skipped.json").read_text())["records"]
+    assert skip["id"] == "d5" and "bad.png" in skip["message"]
+    # a file is encoded once; rewriting it (new size/mtime) encodes it again
+    cache = shards_mod.MediaCache(tiny_tokenizers)
+    docs = list(read_documents(corpus, on_error="skip"))
+    cache.prefill(docs)  # a batch holding bad.png fails whole: left to per-document encoding
+    assert len(cache.codes) == 0
+    cache.prefill([d for d in docs if d.id != "d5"])  # the six images in one batch
+    assert len(cache.codes) == 6 and (cache.misses, cache.hits) == (0, 0)
+    for doc in docs:
+        for seg in doc.segments:
+            if seg.kind != "text" and seg.value.endswith(".wav"):
+                cache(seg.kind, seg.value)
+    assert (cache.misses, cache.hits) == (2, 22)
+    wav = str(tmp_path / "c/a0.wav")
+    first = cache("audio", wav)
+    import soundfile as sf
+
+    sf.write(wav, np.zeros(4000), 8000)
+    second = cache("audio", wav)
+    assert cache.misses == 3 and second.shape != first.shape
+    assert cache("text", "doc 0") is None
