@@ -32,6 +32,8 @@ def load_checkpoint(
     Accepts the training checkpoint (Lightning ``.ckpt`` with top-level ``model_config``,
     ``vocab_manifest`` and a ``state_dict`` whose keys start with ``model.``) and a plain
     ``{"model_config", "manifest", "state_dict"}`` file (see :func:`save_checkpoint`).
+    The model's ``audio_levels`` (RVQ levels per frame it was trained on) comes from the
+    checkpoint's ``audio_levels`` when present.
 
     Raises:
         FileNotFoundError: no such file.
@@ -66,6 +68,12 @@ def load_checkpoint(
         model.load_state_dict(state)
     except RuntimeError as e:
         raise GenerationError(f"{path}: weights do not fit model_config ({e})") from None
+    levels = ckpt.get("audio_levels")  # absent in older checkpoints: all of the vocab's
+    if levels is not None and not 0 <= int(levels) <= vocab.audio_levels:
+        raise GenerationError(
+            f"{path}: audio_levels={levels} but the vocabulary has {vocab.audio_levels} levels"
+        )
+    model.audio_levels = None if levels is None else int(levels)
     return model.eval(), vocab
 
 
@@ -73,5 +81,5 @@ def save_checkpoint(path: str | Path, model: Transformer, manifest: dict) -> Non
     """Write the plain inference checkpoint read by :func:`load_checkpoint` (atomically,
     with its sha256 in ``NAME.sha256.json`` beside it)."""
     obj = {"model_config": model.config.to_dict(), "manifest": manifest,
-           "state_dict": model.state_dict()}  # fmt: skip
+           "audio_levels": model.audio_levels, "state_dict": model.state_dict()}  # fmt: skip
     write_checked(path, torch_bytes(obj))

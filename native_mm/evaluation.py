@@ -55,7 +55,7 @@ class EvalConfig:
     max_items: int = 200  # prompts per direction at most (held-out media are cycled/cut)
     batch_size: int = 50  # prompts generated together
     image_size: int = 16  # side of the prompt images (the corpus' image_size)
-    audio_levels: int | None = None  # RVQ levels of the model's audio layout (None = all)
+    audio_levels: int | None = None  # RVQ levels per audio frame (None = the checkpoint's)
     audio_max_seconds: float = 1.2  # longest audio the model may generate
     temperature_text: float = 0.0  # 0 = greedy for X->text
     temperature_media: float = 0.8  # image / audio sampling temperature
@@ -456,6 +456,8 @@ def evaluate_checkpoint(
     _make_out_dir(out)
     tokenizers = TokenizerSet.load(tokenizers_dir)
     model, _ = load_checkpoint(ckpt, tokenizers)
+    if cfg.audio_levels is None:  # the layout the model was trained on
+        cfg = dataclasses.replace(cfg, audio_levels=model.audio_levels)
     judges = Judges(audio_root)
     own = judges.own_accuracy(cfg, audio_root)
     if progress:

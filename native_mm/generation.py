@@ -376,8 +376,11 @@ def _segment_kind_value(seg: Any, k: int) -> tuple[str, Any]:
     raise PromptError(f"prompt segment {k}: cannot read a {type(seg).__name__} as a segment")
 
 
-def encode_prompt(prompt_segments: Sequence[Any], tokenizers: Any) -> np.ndarray:
-    """Prompt segments -> ids ``(L,)``: ``<bos>`` then each segment's span, no ``<eos>``.
+def encode_prompt(
+    prompt_segments: Sequence[Any], tokenizers: Any, audio_levels: int | None = None
+) -> np.ndarray:
+    """Prompt segments -> ids ``(L,)``: ``<bos>`` then each segment's span, no ``<eos>``
+    (audio as ``audio_levels`` RVQ levels per frame; None = all of the vocabulary's).
 
     Raises:
         PromptError: unknown kind, missing media file, or media its tokenizer rejects
@@ -402,7 +405,7 @@ def encode_prompt(prompt_segments: Sequence[Any], tokenizers: Any) -> np.ndarray
         except (ValueError, OSError) as e:  # MediaError is a ValueError
             raise PromptError(f"{where}: {e}") from None
         spans.append(Span(kind, codes))
-    return SequenceCodec(tokenizers.vocab).encode(spans, bos=True, eos=False).ids
+    return SequenceCodec(tokenizers.vocab, audio_levels).encode(spans, bos=True, eos=False).ids
 
 
 def audio_frames_for(seconds: float, tokenizers: Any) -> int:
@@ -424,8 +427,9 @@ def stream(
 ) -> Iterator[tuple[int, Any]]:
     """Yield ``(sample index, decoded output)`` as soon as each segment finishes."""
     check_model_vocab(model, tokenizers.vocab)
-    prompt = encode_prompt(prompt_segments, tokenizers)
-    for event in stream_ids(model, [prompt] * num_samples, tokenizers.vocab, output, sampling):
+    q = model.audio_levels
+    prompt = encode_prompt(prompt_segments, tokenizers, q)
+    for event in stream_ids(model, [prompt] * num_samples, tokenizers.vocab, output, sampling, q):
         for r, span in event.spans:
             yield r, tokenizers[span.kind].decode(span.codes)
 
@@ -456,8 +460,9 @@ def generate(
     from native_mm.sequence import decode_spans
 
     check_model_vocab(model, tokenizers.vocab)
-    prompt = encode_prompt(prompt_segments, tokenizers)
-    rows = generate_ids(model, [prompt] * num_samples, tokenizers.vocab, output, sampling)
+    q = model.audio_levels
+    prompt = encode_prompt(prompt_segments, tokenizers, q)
+    rows = generate_ids(model, [prompt] * num_samples, tokenizers.vocab, output, sampling, q)
     return [
         Generation(decode_spans(g.spans, tokenizers), g.spans, g.ids, g.finish_reason) for g in rows
     ]

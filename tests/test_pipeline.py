@@ -120,6 +120,27 @@ def test_smoke_pipeline_every_stage(tmp_path: Path) -> None:
     result = json.loads((out / "eval" / "eval.json").read_text())
     assert sorted(result["directions"]) == sorted(DIRECTIONS)
     assert set(report["eval"]) == set(DIRECTIONS)
+    # the shards' audio layout (tokenize.audio_levels) travels into the checkpoint, so
+    # generation and a stand-alone eval use it without being told
+    from native_mm.checkpoint import load_checkpoint
+    from native_mm.constraints import OutputSpec
+    from native_mm.evaluation import evaluate_checkpoint
+    from native_mm.generation import SamplingConfig, generate
+    from native_mm.tokenizers.base import TokenizerSet, Waveform
+
+    levels = recipe["tokenize"]["audio_levels"]
+    assert json.loads((out / "shards/manifest.json").read_text())["audio_levels"] == levels
+    tset = TokenizerSet.load(out / "tokenizers/set")
+    model, vocab = load_checkpoint(out / "lm/checkpoints/last.ckpt", tset)
+    assert model.audio_levels == levels < vocab.audio_levels
+    (g,) = generate(model, [("text", "say one")], tset, OutputSpec("audio", audio_frames=4),
+                    SamplingConfig(max_new_tokens=32, seed=0))  # fmt: skip
+    (span,) = g.spans
+    assert span.codes.shape == (levels, 4) and isinstance(g.outputs[0], Waveform)
+    alone = evaluate_checkpoint(out / "lm/checkpoints/last.ckpt", out / "tokenizers/set",
+                                tmp_path / "eval2", EvalConfig(max_items=2, batch_size=2,
+                                audio_max_seconds=0.3), progress=False)  # fmt: skip
+    assert alone["config"]["audio_levels"] == levels
     # a second run finds every artifact and skips every stage
     again = Pipeline(recipe, out, log=lambda *a, **k: None).run()
     assert all(s["status"] == "skipped" for s in again["stages"])

@@ -20,6 +20,8 @@ from native_mm.training.data import (
     DropoutConfig,
     PackedDataset,
     ResumableBatchSampler,
+    ShardDataModule,
+    SourceSpec,
     transform_document,
 )
 from native_mm.training.module import (
@@ -28,7 +30,7 @@ from native_mm.training.module import (
     cosine_schedule,
     load_model,
 )
-from native_mm.training.shards import ShardSet, write_shards_from_ids
+from native_mm.training.shards import ShardError, ShardSet, write_shards_from_ids
 from native_mm.vocab import BOA, BOI, BOS, EOA, EOI, Vocab, VocabError
 from tests.doubles import corpus_shards, fit_args, random_docs, step_losses, text_shards
 
@@ -121,6 +123,25 @@ def test_mixture_weights(tmp_path):
     ds = PackedDataset([ShardSet(tmp_path / "a"), ShardSet(tmp_path / "b")], [3, 1], seq_len=3)
     frac_a = np.mean([int(ds[i]["input"][1]) == t0 for i in range(2000)])
     assert abs(frac_a - 0.75) < 0.04
+
+
+def test_sources_must_agree_on_audio_levels(tmp_path):
+    """Shards record their audio layout; audio-free ones leave it open; a conflict names both."""
+    vocab = Vocab(text_size=50, audio_codes=8, audio_levels=4)
+    t0, a0 = vocab.ranges["text"].start, vocab.audio_range(0).start
+    text = [(np.array([BOS, t0, t0, 2]), np.ones(4, bool))] * 4
+    audio = [(np.array([BOS, BOA, a0, EOA, 2]), np.ones(5, bool))] * 4
+    write_shards_from_ids(tmp_path / "t", text, vocab, source="t", audio_levels=1)
+    write_shards_from_ids(tmp_path / "a1", audio, vocab, source="a1", audio_levels=1)
+    write_shards_from_ids(tmp_path / "a4", audio, vocab, source="a4")
+    assert ShardSet(tmp_path / "t").manifest["audio_levels"] is None  # no audio tokens
+    assert ShardSet(tmp_path / "a4").manifest["audio_levels"] == 4  # None = all of the vocab's
+    mixed = ShardDataModule([SourceSpec(str(tmp_path / "t")), SourceSpec(str(tmp_path / "a1"))])
+    assert mixed.audio_levels == 1
+    assert ShardDataModule([SourceSpec(str(tmp_path / "t"))]).audio_levels is None
+    with pytest.raises(ShardError, match="different audio RVQ levels") as err:
+        ShardDataModule([SourceSpec(str(tmp_path / "a1"))], [SourceSpec(str(tmp_path / "a4"))])
+    assert "a1" in str(err.value) and "a4" in str(err.value)
 
 
 def test_sampler_ranks_cover_the_global_batch_and_resume():

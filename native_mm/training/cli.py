@@ -34,6 +34,10 @@ def _vocab_manifest(data: ShardDataModule) -> dict:
     return data.vocab_manifest
 
 
+def _audio_levels(data: ShardDataModule) -> int | None:
+    return data.audio_levels
+
+
 class FitCLI(LightningCLI):
     """LightningCLI with run-level options (outputs, loggers, checkpoints, threads)."""
 
@@ -53,6 +57,9 @@ class FitCLI(LightningCLI):
                             help="torch intra-op threads (0 = torch default)")  # fmt: skip
         parser.link_arguments(
             "data", "model.vocab_manifest", compute_fn=_vocab_manifest, apply_on="instantiate"
+        )
+        parser.link_arguments(
+            "data", "model.audio_levels", compute_fn=_audio_levels, apply_on="instantiate"
         )
 
     def before_instantiate_classes(self) -> None:

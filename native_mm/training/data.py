@@ -276,6 +276,12 @@ class ShardDataModule(L.LightningDataModule):
                     f"({manifest_digest(self.vocab_manifest)})"
                 )
         self.vocab = sets[0].vocab
+        # the audio layout the model learns; text/image-only sources (None) do not constrain it
+        levels = {str(s.path): s.manifest.get("audio_levels") for s in sets}
+        levels = {p: q for p, q in levels.items() if q is not None}
+        if len(set(levels.values())) > 1:
+            raise ShardError(f"data: shards with different audio RVQ levels per frame: {levels}")
+        self.audio_levels = next(iter(levels.values()), None)
 
     @property
     def vocab_size(self) -> int:

@@ -190,9 +190,9 @@ class MediaCache:
             todo = {}
             for doc in docs:
                 for seg in doc.segments:
-                    if seg.kind == kind and (key := self._key(kind, seg.value)) is not None:
-                        if key not in self.codes:
-                            todo[key] = seg.value
+                    key = self._key(kind, seg.value) if seg.kind == kind else None
+                    if key is not None and key not in self.codes:
+                        todo[key] = seg.value
             keys = list(todo)
             for i in range(0, len(keys), self.batch):
                 chunk = keys[i : i + self.batch]
@@ -333,6 +333,7 @@ def tokenize(
         for job in todo:
             markers[job.index] = _run_job(job)
     manifest = _build_manifest(out_dir, markers, n_shards, vocab_manifest, build_key, input_info)
+    manifest["audio_levels"] = _recorded_levels(manifest, tset.vocab, audio_levels)
     skipped = invalid + [s for i in range(n_shards) for s in markers[i]["skipped"]]
     write_json(out_dir / "skipped.json", {"count": len(skipped), "records": skipped})
     write_manifest(out_dir / "manifest.json", manifest)
@@ -342,6 +343,13 @@ def tokenize(
         f"{len(skipped)} skipped ({dt:.1f}s) -> {out_dir / 'manifest.json'}"
     )
     return manifest
+
+
+def _recorded_levels(manifest: dict, vocab: Vocab, audio_levels: int | None) -> int | None:
+    """The audio layout the model will learn; None when the shards hold no audio."""
+    if not manifest["modality_tokens"]["audio"]:
+        return None
+    return vocab.audio_levels if audio_levels is None else audio_levels
 
 
 def _build_manifest(
@@ -390,8 +398,13 @@ def write_shards_from_ids(
     docs_per_shard: int = 512,
     source: str = "ids",
     fingerprints: dict[str, str] | None = None,
+    audio_levels: int | None = None,
 ) -> dict:
-    """Shards straight from ``(ids, loss_mask)`` pairs (tests, benchmarks, synthetic data)."""
+    """Shards straight from ``(ids, loss_mask)`` pairs (tests, benchmarks, synthetic data).
+
+    ``audio_levels`` (RVQ levels per frame of the ids' audio; None = all) is recorded like
+    `tokenize` records it.
+    """
     out_dir = Path(out_dir)
     vocab_manifest = vocab.to_manifest(fingerprints)
     build_key = _json_digest({"ids": source, "vocab": vocab_manifest, "n": len(docs)})
@@ -406,6 +419,7 @@ def write_shards_from_ids(
         }
         markers[i] = write_shard(out_dir, i, chunk, vocab, meta)
     manifest = _build_manifest(out_dir, markers, n_shards, vocab_manifest, build_key, [])
+    manifest["audio_levels"] = _recorded_levels(manifest, vocab, audio_levels)
     write_json(out_dir / "skipped.json", {"count": 0, "records": []})
     write_manifest(out_dir / "manifest.json", manifest)
     return manifest
