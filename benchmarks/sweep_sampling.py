@@ -34,7 +34,9 @@ def main() -> None:
     p.add_argument("--temperature", nargs="+", type=float, default=[0.8])
     p.add_argument("--top-k", nargs="+", type=int, default=[0], help="0 = all")
     p.add_argument("--items", type=int, default=100)
-    p.add_argument("--audio-levels", type=int, default=1, help="the shards' tokenize.audio_levels")
+    p.add_argument("--audio-levels", type=int, default=None,
+                   help="RVQ levels per frame (default: the checkpoint's; checkpoints older "
+                        "than 093b12b do not record it: pass the recipe's 1)")  # fmt: skip
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--split", default="train", help="media prompts of this split (train = dev)")
     p.add_argument("--threads", type=int, default=2)
@@ -44,7 +46,8 @@ def main() -> None:
     tokenizers = TokenizerSet.load(a.tokenizers)
     model, _ = load_checkpoint(a.ckpt, tokenizers)
     judges = ev.Judges()
-    base = ev.EvalConfig(max_items=a.items, audio_levels=a.audio_levels, seed=a.seed)
+    levels = model.audio_levels if a.audio_levels is None else a.audio_levels
+    base = ev.EvalConfig(max_items=a.items, audio_levels=levels, seed=a.seed)
     items = ev.build_items(base, split=a.split)
     rows = []
     print("| direction | cfg | temperature | top_k | accuracy | seconds |")

@@ -408,6 +408,9 @@ def main(argv: list[str] | None = None, prog: str = "native-mm eval") -> int:
     p.add_argument("--tokenizers", required=True, help="tokenizer set directory")
     p.add_argument("--out", required=True, help="directory for eval.json/md, grids, WAVs")
     p.add_argument("--audio-root", default=None, help="spoken digits dir (default: committed)")
+    p.add_argument("--config", default=None,
+                   help="run recipe (e.g. recipes/digits.yaml) whose eval settings are the "
+                        "defaults; the flags below override them")  # fmt: skip
     for f in dataclasses.fields(EvalConfig):
         flag = "--" + f.name.replace("_", "-")
         kind = float if "float" in str(f.type) else int
@@ -418,8 +421,15 @@ def main(argv: list[str] | None = None, prog: str = "native-mm eval") -> int:
         for f in dataclasses.fields(EvalConfig)
         if getattr(args, f.name) is not None
     }
-    cfg = EvalConfig(**overrides)
-    result = evaluate_checkpoint(args.ckpt, args.tokenizers, args.out, cfg, args.audio_root)
+    audio_root = args.audio_root
+    if args.config:
+        from native_mm.pipeline import eval_settings, load_recipe
+
+        cfg, recipe_root = eval_settings(load_recipe(args.config), **overrides)
+        audio_root = audio_root or recipe_root
+    else:
+        cfg = EvalConfig(**overrides)
+    result = evaluate_checkpoint(args.ckpt, args.tokenizers, args.out, cfg, audio_root)
     print(markdown_table(result))
     print(f"saved to {args.out}/eval.json ({result['seconds']}s)", file=sys.stderr)
     return 0

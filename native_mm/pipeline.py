@@ -29,11 +29,14 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from native_mm.io import atomic_write, read_yaml, write_json
+
+if TYPE_CHECKING:
+    from native_mm.evaluation import EvalConfig
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("corpus", "text", "image", "audio", "tokenizers", "shards", "fit", "eval")
@@ -66,6 +69,24 @@ def load_recipe(path: str | Path, smoke: bool = False) -> dict:
         raise RecipeError(f"{path}: unknown recipe keys {unknown}; have {sorted(known)}")
     raw["_path"] = str(path)
     return raw
+
+
+def eval_settings(recipe: dict, **overrides: Any) -> tuple[EvalConfig, str | None]:
+    """The recipe's ``eval:`` block (+ its corpus' image size, audio levels, seed, threads)
+    with ``overrides`` on top -> (EvalConfig, audio_root of the corpus or None)."""
+    from native_mm.evaluation import EvalConfig
+
+    block = dict(recipe.get("eval", {}))
+    block.setdefault("image_size", recipe.get("corpus", {}).get("image_size", 16))
+    if recipe.get("tokenize", {}).get("audio_levels"):
+        block.setdefault("audio_levels", int(recipe["tokenize"]["audio_levels"]))
+    block.setdefault("threads", int(recipe.get("threads", 0)))
+    block.setdefault("seed", int(recipe.get("seed", 0)))
+    try:
+        cfg = EvalConfig(**{**block, **overrides})
+    except TypeError as e:  # an unknown key in the eval: block
+        raise RecipeError(f"{recipe.get('_path', 'recipe')}: eval: {e}") from None
+    return cfg, recipe.get("corpus", {}).get("audio_root") or None
 
 
 def resolve(p: str | Path, recipe_path: str | Path) -> Path:
@@ -238,7 +259,7 @@ class Pipeline:
         return None
 
     def eval(self) -> Path | None:
-        from native_mm.evaluation import EvalConfig, evaluate_checkpoint, read_result
+        from native_mm.evaluation import evaluate_checkpoint, read_result
 
         out = self.paths["eval"]
         if (out / "eval.json").is_file():
@@ -247,16 +268,8 @@ class Pipeline:
                 return out
             except ValueError as e:
                 self.log(f"  {e}; evaluating again")
-        block = dict(self.r.get("eval", {}))
-        block.setdefault("image_size", self.r.get("corpus", {}).get("image_size", 16))
-        if self.r.get("tokenize", {}).get("audio_levels"):
-            block.setdefault("audio_levels", int(self.r["tokenize"]["audio_levels"]))
-        block.setdefault("threads", int(self.r.get("threads", 0)))
-        block.setdefault("seed", int(self.r.get("seed", 0)))
-        audio_root = self.r.get("corpus", {}).get("audio_root") or None
-        evaluate_checkpoint(
-            self.checkpoint(), self.paths["tokenizers"], out, EvalConfig(**block), audio_root
-        )
+        cfg, audio_root = eval_settings(self.r)
+        evaluate_checkpoint(self.checkpoint(), self.paths["tokenizers"], out, cfg, audio_root)
         return None
 
     # ---- driver ---------------------------------------------------------------------

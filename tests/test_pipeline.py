@@ -141,9 +141,34 @@ def test_smoke_pipeline_every_stage(tmp_path: Path) -> None:
                                 tmp_path / "eval2", EvalConfig(max_items=2, batch_size=2,
                                 audio_max_seconds=0.3), progress=False)  # fmt: skip
     assert alone["config"]["audio_levels"] == levels
+    # `native-mm eval --config RECIPE` takes the recipe's eval settings; flags win
+    from native_mm.evaluation import main as eval_main
+
+    full = load_recipe(RECIPE)["eval"]
+    assert eval_main(["--ckpt", str(out / "lm/checkpoints/last.ckpt"), "--tokenizers",
+                      str(out / "tokenizers/set"), "--out", str(tmp_path / "eval3"),
+                      "--config", str(RECIPE), "--max-items", "2", "--batch-size", "2",
+                      "--audio-max-seconds", "0.3"]) == 0  # fmt: skip
+    cfg = json.loads((tmp_path / "eval3/eval.json").read_text())["config"]
+    assert cfg["max_items"] == 2 and cfg["audio_levels"] == levels
+    assert (cfg["cfg_scale_image"], cfg["cfg_scale_audio"]) == (
+        full["cfg_scale_image"], full["cfg_scale_audio"]) != (None, None)  # fmt: skip
     # a second run finds every artifact and skips every stage
     again = Pipeline(recipe, out, log=lambda *a, **k: None).run()
     assert all(s["status"] == "skipped" for s in again["stages"])
+
+
+def test_recipe_eval_settings_and_a_bad_key(tmp_path: Path) -> None:
+    from native_mm.pipeline import RecipeError, eval_settings
+
+    recipe = load_recipe(RECIPE)
+    cfg, _ = eval_settings(recipe, max_items=7)
+    assert cfg.max_items == 7 and cfg.audio_levels == recipe["tokenize"]["audio_levels"]
+    assert cfg.temperature_media == recipe["eval"]["temperature_media"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(RECIPE.read_text().replace("  max_items: 150", "  max_itmes: 150", 1))
+    with pytest.raises(RecipeError, match=r"bad\.yaml: eval: .*max_itmes"):
+        eval_settings(load_recipe(bad))
 
 
 def test_eval_sampling_settings_are_per_modality(monkeypatch: pytest.MonkeyPatch) -> None:
