@@ -346,6 +346,11 @@ class LanguageModule(L.LightningModule):
         checkpoint["model_config"] = self.config.to_dict()
         checkpoint["vocab_manifest"] = self.hparams.vocab_manifest
         checkpoint["audio_levels"] = self.hparams.audio_levels
+        # LightningCLI applies the DataModule links in a per-process order: sort, so the
+        # same run writes the same bytes (equal dicts can pickle differently)
+        hp = checkpoint.get("hyper_parameters")
+        if isinstance(hp, dict):
+            checkpoint["hyper_parameters"] = dict(sorted(hp.items()))
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.nonfinite_steps = int(checkpoint.get("nonfinite_steps", 0))
