@@ -12,6 +12,7 @@ from typing import Any
 from native_mm.constraints import GenerationError
 from native_mm.io import load_torch, torch_bytes, write_checked
 from native_mm.model import ModelConfig, Transformer
+from native_mm.sequence import SequenceCodec, SequenceError
 from native_mm.vocab import Vocab, check_fingerprints
 
 
@@ -69,11 +70,12 @@ def load_checkpoint(
     except RuntimeError as e:
         raise GenerationError(f"{path}: weights do not fit model_config ({e})") from None
     levels = ckpt.get("audio_levels")  # absent in older checkpoints: all of the vocab's
-    if levels is not None and not 0 <= int(levels) <= vocab.audio_levels:
-        raise GenerationError(
-            f"{path}: audio_levels={levels} but the vocabulary has {vocab.audio_levels} levels"
-        )
-    model.audio_levels = None if levels is None else int(levels)
+    if levels is not None:
+        try:
+            levels = SequenceCodec(vocab, int(levels)).audio_levels  # checks the range
+        except SequenceError as e:
+            raise GenerationError(f"{path}: {e}") from None
+    model.audio_levels = levels
     return model.eval(), vocab
 
 

@@ -411,6 +411,22 @@ def test_checkpoint_roundtrip_and_tokenizer_mismatch(mm_model, tokenizers, tmp_p
         load_checkpoint(junk)
 
 
+def test_checkpoint_carries_the_audio_levels_and_refuses_impossible_ones(
+    mm_model, tokenizers, tmp_path
+) -> None:
+    ckpt = tmp_path / "model.pt"
+    mm_model.audio_levels = 1
+    try:
+        save_checkpoint(ckpt, mm_model, tokenizers.manifest())
+        assert load_checkpoint(ckpt, tokenizers)[0].audio_levels == 1
+        mm_model.audio_levels = tokenizers.vocab.audio_levels + 1
+        save_checkpoint(ckpt, mm_model, tokenizers.manifest())
+    finally:
+        mm_model.audio_levels = None  # the fixture is shared
+    with pytest.raises(GenerationError, match=r"model\.pt: audio_levels=\d+ but the vocab"):
+        load_checkpoint(ckpt, tokenizers)
+
+
 def test_cli_generates_png_wav_and_text(mm_model, tokenizers, tmp_path, capsys) -> None:
     tok_dir, ckpt, out = tmp_path / "tok", tmp_path / "model.pt", tmp_path / "out"
     tokenizers.save(tok_dir)

@@ -277,8 +277,7 @@ class ShardDataModule(L.LightningDataModule):
                 )
         self.vocab = sets[0].vocab
         # the audio layout the model learns; text/image-only sources (None) do not constrain it
-        levels = {str(s.path): s.manifest.get("audio_levels") for s in sets}
-        levels = {p: q for p, q in levels.items() if q is not None}
+        levels = {str(s.path): q for s in sets if (q := s.manifest.get("audio_levels")) is not None}
         if len(set(levels.values())) > 1:
             raise ShardError(f"data: shards with different audio RVQ levels per frame: {levels}")
         self.audio_levels = next(iter(levels.values()), None)

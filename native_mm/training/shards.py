@@ -347,9 +347,11 @@ def tokenize(
 
 def _recorded_levels(manifest: dict, vocab: Vocab, audio_levels: int | None) -> int | None:
     """The audio layout the model will learn; None when the shards hold no audio."""
+    from native_mm.sequence import SequenceCodec
+
     if not manifest["modality_tokens"]["audio"]:
         return None
-    return vocab.audio_levels if audio_levels is None else audio_levels
+    return SequenceCodec(vocab, audio_levels).audio_levels  # None -> all of the vocab's
 
 
 def _build_manifest(
