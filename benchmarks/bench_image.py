@@ -64,7 +64,7 @@ def main() -> None:
     ap.add_argument("--out", default="")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
-    from native_mm.data import digits
+    from native_mm.apps.digits import images as digits
 
     digit_imgs = [digits.to_pil(x, size=8) for x in digits.load("heldout")[0][:64]]
     from sklearn.datasets import load_sample_images

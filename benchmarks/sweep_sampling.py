@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from native_mm import evaluation as ev
+from native_mm.apps.digits import evaluation as ev
 from native_mm.checkpoint import load_checkpoint
 from native_mm.tokenizers.base import TokenizerSet
 

@@ -59,7 +59,7 @@ def main() -> None:
         tok, secs = timed(train_text_tokenizer, spec, list(iter_spec_texts(spec, files)))
         rows.append((f"train `{name}.yaml` ({tok.codebook_size} pieces)", f"{secs:.2f} s"))
         if name == "digits":
-            from native_mm.tokenizers.text import digit_sentences
+            from native_mm.apps.digits.sources import digit_sentences
 
             caps = list(digit_sentences())
             n_bytes = sum(len(c.encode()) for c in caps)

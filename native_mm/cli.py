@@ -3,6 +3,10 @@
 Each verb lives in the module that implements it, as ``main(argv) -> int | None``;
 this file only dispatches, importing the verb's module lazily so that
 ``native-mm --help`` stays fast and one broken extra never breaks another verb.
+
+Applications add verbs without the library importing them: an entry point in the
+``native_mm.apps`` group names a dict shaped like :data:`VERBS` (the digits job's
+``run`` and ``eval`` come from ``native_mm.apps.digits.verbs``).
 """
 
 from __future__ import annotations
@@ -10,16 +14,10 @@ from __future__ import annotations
 import importlib
 import sys
 
+APP_GROUP = "native_mm.apps"
+
 # verb words -> ("module:function", one-line help). Longest match wins.
 VERBS: dict[tuple[str, ...], tuple[str, str]] = {
-    ("run",): (
-        "native_mm.pipeline:main",
-        "the main job: corpus, tokenizers, shards, fit, eval from one recipe (recipes/digits.yaml)",
-    ),
-    ("eval",): (
-        "native_mm.evaluation:main",
-        "held-out accuracy of a checkpoint in all six directions, with image grids and WAVs",
-    ),
     ("tokenizer", "train", "audio"): (
         "native_mm.tokenizers.audio_train:train_main",
         "train the EnCodec audio tokenizer from a spec YAML",
@@ -59,10 +57,26 @@ VERBS: dict[tuple[str, ...], tuple[str, str]] = {
 }
 
 
-def usage() -> str:
+def all_verbs() -> dict[tuple[str, ...], tuple[str, str]]:
+    """The library's verbs plus those of every installed application (entry points)."""
+    from importlib.metadata import entry_points
+
+    verbs = dict(VERBS)
+    for ep in entry_points(group=APP_GROUP):
+        try:
+            app_verbs = ep.load()
+        except Exception as e:  # a broken application must not break the library's verbs
+            print(f"native-mm: warning: application {ep.name!r} not loaded: {e}", file=sys.stderr)
+            continue
+        verbs.update({tuple(k): tuple(v) for k, v in app_verbs.items() if tuple(k) not in VERBS})
+    return verbs
+
+
+def usage(verbs: dict[tuple[str, ...], tuple[str, str]] | None = None) -> str:
+    verbs = verbs if verbs is not None else all_verbs()
     lines = ["usage: native-mm VERB [args...]", "", "verbs:"]
-    width = max(len(" ".join(v)) for v in VERBS)
-    for words, (_, help_) in sorted(VERBS.items()):
+    width = max(len(" ".join(v)) for v in verbs)
+    for words, (_, help_) in sorted(verbs.items()):
         lines.append(f"  {' '.join(words):<{width}}  {help_}")
     lines.append("\nRun `native-mm VERB --help` for a verb's arguments.")
     return "\n".join(lines)
@@ -78,9 +92,10 @@ def main(argv: list[str] | None = None) -> int:
 
         print(__version__)
         return 0
+    verbs = all_verbs()
     for n in range(len(argv), 0, -1):
-        if tuple(argv[:n]) in VERBS:
-            target = VERBS[tuple(argv[:n])][0]
+        if tuple(argv[:n]) in verbs:
+            target = verbs[tuple(argv[:n])][0]
             module, func = target.split(":")
             prog = "native-mm " + " ".join(argv[:n])
             try:
@@ -91,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{prog}: error: {e}", file=sys.stderr)
                 return 1
             return int(rc or 0)
-    print(f"native-mm: unknown verb {' '.join(argv[:3])!r}\n\n{usage()}", file=sys.stderr)
+    print(f"native-mm: unknown verb {' '.join(argv[:3])!r}\n\n{usage(verbs)}", file=sys.stderr)
     return 2
 
 

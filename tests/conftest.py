@@ -13,7 +13,7 @@ TEXT_SAMPLE = ROOT / "tokenizers" / "text" / "corpus" / "sample.txt"
 @pytest.fixture(scope="session")
 def text_corpus() -> list[str]:
     """A few paragraphs (English, code, numbers, other scripts) plus digit phrases."""
-    from native_mm.tokenizers.text import digit_sentences
+    from native_mm.apps.digits.sources import digit_sentences
 
     return [*TEXT_SAMPLE.read_text(encoding="utf-8").splitlines(), *digit_sentences()]
 

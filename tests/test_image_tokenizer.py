@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
+from native_mm.apps.digits import images as digits
 from native_mm.cli import main as cli_main
-from native_mm.data import digits
 from native_mm.tokenizers.base import MediaError
 from native_mm.tokenizers.image import ImageConfig, ImageTokenizer, target_size, to_rgb
 from native_mm.tokenizers.image_train import (
@@ -307,7 +307,8 @@ def test_train_cli_resume_and_eval(tmp_path) -> None:
     assert ImageTokenizer.load(out).fingerprint() != first
     metrics_path = tmp_path / "m.json"
     rc = cli_main(
-        ["tokenizer", "eval", "image", "--tokenizer", str(out), "--data", "digits",
+        ["tokenizer", "eval", "image", "--tokenizer", str(out),
+         "--data", "native_mm.apps.digits.sources:digit_images",
          "--out", str(metrics_path), "--limit", "40"]
     )  # fmt: skip
     assert rc == 0
@@ -392,11 +393,11 @@ def test_layer_norm_codes_do_not_depend_on_image_size(tmp_path) -> None:
 
 @pytest.mark.slow
 def test_shipped_digits_tokenizer_meets_acceptance() -> None:
+    from native_mm.apps.digits.sources import digit_images
     from native_mm.tokenizers.image_train import evaluate
 
     tok = ImageTokenizer.load(Path(SPEC).parent / "digits")
-    x, y = digits.load("heldout")
-    m = evaluate(tok, [digits.to_pil(a, size=8) for a in x], y)
+    m = evaluate(tok, digit_images("heldout"))
     assert m["tokens_per_image"] == 16
     assert m["accuracy_retention"] >= 0.95
     assert m["codebook_usage"] >= 0.8 and m["psnr"] > 24

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from native_mm import experiments as ex
+from native_mm.apps.digits import experiments as ex
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
@@ -72,7 +72,7 @@ def test_text_documents_are_deterministic_and_text_only(tmp_path: Path) -> None:
 
 
 def test_speech_subset_keeps_the_first_voices(tmp_path: Path) -> None:
-    from native_mm.data import speech
+    from native_mm.apps.digits import speech
 
     clips = speech.read_manifest(ex.speech_subset(tmp_path, 2, 1))
     voices = {sp: {c.voice for c in clips if c.split == sp} for sp in ("train", "heldout")}

@@ -8,10 +8,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from native_mm.data import digits, speech
-from native_mm.data.corpus import DIRECTIONS, CorpusConfig, build_corpus
-from native_mm.evaluation import EvalConfig, Item, Judges, build_items, evaluate, parse_digit
-from native_mm.pipeline import STAGES, Pipeline, load_recipe
+from native_mm.apps.digits import images as digits
+from native_mm.apps.digits import speech
+from native_mm.apps.digits.corpus import DIRECTIONS, CorpusConfig, build_corpus
+from native_mm.apps.digits.evaluation import (
+    EvalConfig,
+    Item,
+    Judges,
+    build_items,
+    evaluate,
+    parse_digit,
+)
+from native_mm.apps.digits.pipeline import STAGES, Pipeline, load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "digits.yaml"
@@ -61,7 +69,7 @@ def test_corpus_is_deterministic_and_train_only(tmp_path: Path) -> None:
 
 def _oracle(shift: int):
     """A fake model answering digit + shift with ORIGINAL held-out media."""
-    from native_mm.evaluation import heldout_clips, heldout_images
+    from native_mm.apps.digits.evaluation import heldout_clips, heldout_images
 
     imgs, iy = heldout_images(16)
     wavs, wy = heldout_clips()
@@ -122,9 +130,9 @@ def test_smoke_pipeline_every_stage(tmp_path: Path) -> None:
     assert set(report["eval"]) == set(DIRECTIONS)
     # the shards' audio layout (tokenize.audio_levels) travels into the checkpoint, so
     # generation and a stand-alone eval use it without being told
+    from native_mm.apps.digits.evaluation import evaluate_checkpoint
     from native_mm.checkpoint import load_checkpoint
     from native_mm.constraints import OutputSpec
-    from native_mm.evaluation import evaluate_checkpoint
     from native_mm.generation import SamplingConfig, generate
     from native_mm.tokenizers.base import TokenizerSet, Waveform
 
@@ -142,7 +150,7 @@ def test_smoke_pipeline_every_stage(tmp_path: Path) -> None:
                                 audio_max_seconds=0.3), progress=False)  # fmt: skip
     assert alone["config"]["audio_levels"] == levels
     # `native-mm eval --config RECIPE` takes the recipe's eval settings; flags win
-    from native_mm.evaluation import main as eval_main
+    from native_mm.apps.digits.evaluation import main as eval_main
 
     full = load_recipe(RECIPE)["eval"]
     assert eval_main(["--ckpt", str(out / "lm/checkpoints/last.ckpt"), "--tokenizers",
@@ -159,7 +167,7 @@ def test_smoke_pipeline_every_stage(tmp_path: Path) -> None:
 
 
 def test_recipe_eval_settings_and_a_bad_key(tmp_path: Path) -> None:
-    from native_mm.pipeline import RecipeError, eval_settings
+    from native_mm.apps.digits.recipe import RecipeError, eval_settings
 
     recipe = load_recipe(RECIPE)
     cfg, _ = eval_settings(recipe, max_items=7)
@@ -173,7 +181,7 @@ def test_recipe_eval_settings_and_a_bad_key(tmp_path: Path) -> None:
 
 def test_eval_sampling_settings_are_per_modality(monkeypatch: pytest.MonkeyPatch) -> None:
     from native_mm import generation
-    from native_mm.evaluation import model_generator
+    from native_mm.apps.digits.evaluation import model_generator
     from native_mm.vocab import Vocab
 
     class Codes:  # encode(): text -> two piece ids, image -> a 4x4 grid of code 0

@@ -1131,10 +1131,10 @@ def test_fit_killed_at_random_moments_resumes_bit_identical(kills, text_shards_d
 def test_pipeline_verifies_the_checksummed_eval_json_it_reads(tmp_path, monkeypatch):
     """The pipeline skips eval only when eval.json reads back intact; a corrupted one is
     evaluated again, and the report refuses it naming the file."""
-    from native_mm import evaluation
-    from native_mm.data.corpus import DIRECTIONS
+    from native_mm.apps.digits import evaluation
+    from native_mm.apps.digits.corpus import DIRECTIONS
+    from native_mm.apps.digits.pipeline import Pipeline
     from native_mm.io import checksum_path
-    from native_mm.pipeline import Pipeline
 
     logs: list[str] = []
     pipe = Pipeline({"_path": str(tmp_path / "recipe.yaml")}, tmp_path / "run",
@@ -1189,7 +1189,7 @@ def test_eval_killed_while_writing_its_outputs_reruns_to_the_same_result(
     files, plus 0-50 ms): every file then under its final name is already the
     uninterrupted run's, and re-running gives the same outputs (eval.json up to its
     timings, every other file byte-identical) and leaves no temp file."""
-    from native_mm import evaluation
+    from native_mm.apps.digits import evaluation
     from native_mm.io import read_json
 
     judges = evaluation.Judges()  # the same judges for both in-process runs (~10 s each)

@@ -13,6 +13,7 @@ import sentencepiece as spm
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from native_mm.apps.digits.sources import digit_sentences
 from native_mm.cli import main as cli_main
 from native_mm.tokenizers.base import TokenizerSet
 from native_mm.tokenizers.text import (
@@ -20,7 +21,6 @@ from native_mm.tokenizers.text import (
     TextSpec,
     TextTokenizer,
     TextTokenizerError,
-    digit_sentences,
     iter_spec_texts,
     train_text_tokenizer,
 )
@@ -190,8 +190,8 @@ def test_train_errors(text_corpus):
         train_text_tokenizer(TextSpec(vocab_size=100_000), text_corpus)
     with pytest.raises(ValueError, match="vocab_size"):
         TextSpec(vocab_size=100)
-    with pytest.raises(ValueError, match="unknown corpus"):
-        TextSpec(builtin=["nope"])
+    with pytest.raises(ValueError, match="not 'package.module:function'"):
+        TextSpec(generators=["nope"])
 
 
 def test_max_lines_and_long_lines(text_corpus):

@@ -8,16 +8,16 @@ relative feature-matching loss of ``encodec``'s multi-scale STFT discriminator
 but not its losses, which are written here). Quantizer dropout (a random number of RVQ
 levels per batch) keeps the first levels useful alone, so fewer levels can be chosen.
 
-Data: the built-in spoken digits (train voices only), a folder of audio files, or the
-audio segments of a documents JSONL; random crops with augmentation (gain, speed/pitch
-by resampling, small noise). Every file is read once before training: unreadable, empty,
-NaN-holding or longer-than-``data.max_seconds`` files and JSONL records the validator
-refuses are skipped and counted in ``OUT/data_report.json``; any rate and channel count
-is converted.
+Data: a source reference (``package.module:function``, see :mod:`native_mm.sources`; its
+``train`` split), a folder of audio files, or the audio segments of a documents JSONL;
+random crops with augmentation (gain, speed/pitch by resampling, small noise). Every file
+is read once before training: unreadable, empty, NaN-holding or
+longer-than-``data.max_seconds`` files and JSONL records the validator refuses are skipped
+and counted in ``OUT/data_report.json``; any rate and channel count is converted.
 
     native-mm tokenizer train audio --config tokenizers/audio/speech8k.yaml --out DIR [k=v ...]
-    native-mm tokenizer eval audio --tokenizer DIR --data recipes/data/spoken_digits \\
-        --out metrics.json
+    native-mm tokenizer eval audio --tokenizer DIR --data native_mm.apps.digits.sources:speech \\
+        --split heldout --out metrics.json
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from native_mm import sources
 from native_mm.tokenizers.audio import AudioConfig, AudioTokenizer, convert, read_audio
 from native_mm.tokenizers.base import MediaError, Waveform
 from native_mm.tokenizers.trainer import (
@@ -53,8 +54,7 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".aiff", ".aif", ".au", ".mp3")
 class AudioDataSpec:
     """Where training audio comes from and how it is cut and augmented."""
 
-    source: str = "spoken_digits"  # "spoken_digits", a folder of audio files, or a .jsonl
-    root: str = ""  # spoken digits directory ("" = recipes/data/spoken_digits)
+    source: str = ""  # a "module:function" source, a folder of audio files, or a .jsonl
     segment_seconds: float = 0.8  # crop length (shorter clips are zero-padded)
     batch_size: int = 16  # clips per step
     gain_db: list[float] = dataclasses.field(default_factory=lambda: [-12.0, 3.0])  # range
@@ -181,16 +181,14 @@ def feature_matching(
 
 # --------------------------------------------------------------------------- data
 def list_audio(spec: AudioDataSpec, report: DataReport | None = None) -> list[Path]:
-    """Audio files of the data source (spoken digits: the training voices only).
+    """Audio files of the data source (a source reference: its ``train`` split).
 
     With ``report``, bad JSONL records are skipped and counted there; without, the first
     one raises :class:`native_mm.documents.DocumentError`.
     """
     src = spec.source
-    if src == "spoken_digits":
-        from native_mm.data.speech import DEFAULT_DIR, read_manifest
-
-        return [c.path for c in read_manifest(spec.root or DEFAULT_DIR, split="train")]
+    if sources.is_ref(src):
+        return [Path(p) for p in sources.load(src, "train").items]
     path = Path(src)
     if path.suffix == ".jsonl":
         from native_mm.documents import SkipReport, read_documents
@@ -209,7 +207,7 @@ def list_audio(spec: AudioDataSpec, report: DataReport | None = None) -> list[Pa
         if not files:
             raise ValueError(f"{path}: no audio files ({', '.join(AUDIO_SUFFIXES)})")
         return files
-    raise ValueError(f"data.source {src!r}: not 'spoken_digits', a folder or a .jsonl file")
+    raise ValueError(f"data.source {src!r}: not a 'module:function' source, a folder or a .jsonl")
 
 
 class ClipDataset(torch.utils.data.Dataset):
@@ -403,13 +401,11 @@ def render_samples(tok: AudioTokenizer, files: list[Path], out: Path, title: str
 
 
 def _sample_files(spec: AudioTrainSpec, n: int, usable: list[Path] | None = None) -> list[Path]:
-    """Held-out spoken digits, else the first ``n`` of ``usable`` (the files that read)."""
-    if spec.data.source == "spoken_digits":
-        from native_mm.data.speech import DEFAULT_DIR, read_manifest
-
-        held = read_manifest(spec.data.root or DEFAULT_DIR, split="heldout")
+    """A source's held-out split (evenly spaced), else the first ``n`` of ``usable``."""
+    if sources.is_ref(spec.data.source):
+        held = sources.load(spec.data.source, "heldout").items
         step = max(1, len(held) // max(n, 1))
-        return [c.path for c in held[::step][:n]]
+        return [Path(p) for p in held[::step][:n]]
     return (usable if usable is not None else list_audio(spec.data))[:n]
 
 
@@ -530,62 +526,44 @@ def train_main(argv: list[str] | None = None, prog: str | None = None) -> int:
 
 
 def evaluate(
-    tok: AudioTokenizer,
-    data: str | Path,
-    splits: list[str] | None = None,
-    levels: int | None = None,
+    tok: AudioTokenizer, groups: dict[str, sources.LabeledMedia], levels: int | None = None
 ) -> dict:
-    """SI-SNR, multi-scale mel distance (and digit accuracy for the spoken digits).
+    """SI-SNR, multi-scale mel distance and, for judged groups, accuracy kept.
 
-    ``data`` is a spoken-digits directory (with ``manifest.csv``), a folder of audio files
-    or a documents JSONL. For spoken digits the independent classifier is trained on the
-    training voices' originals and scored on originals vs reconstructions per split.
+    Args:
+        tok: the audio tokenizer (its first ``levels`` RVQ levels when given).
+        groups: split name -> audio file paths; a group with labels and a judge also
+            reports the judge's accuracy on the originals and on the reconstructions.
+        levels: RVQ levels to use (None = the tokenizer's configured levels).
     """
-    data = Path(data)
     if levels:
         tok.config.levels = levels
     mel = MultiScaleMel(tok.sample_rate, [64, 128, 256, 512, 1024])
-    groups: dict[str, list[tuple[Path, int | None]]] = {}
-    clf = None
-    if (data / "manifest.csv").is_file():
-        from native_mm.data.audio_classifier import train_on_manifest
-        from native_mm.data.speech import read_manifest
-
-        for c in read_manifest(data):
-            if splits is None or c.split in splits:
-                groups.setdefault(c.split, []).append((c.path, c.digit))
-        clf = train_on_manifest(str(data))
-    else:
-        spec = AudioDataSpec(source=str(data))
-        groups["all"] = [(p, None) for p in list_audio(spec)]
     result: dict[str, Any] = {
         "tokenizer_fingerprint": tok.fingerprint(),
         "levels": tok.n_levels,
         "frame_rate": tok.config.frame_rate,
         "splits": {},
     }
-    for split, items in groups.items():
-        snrs, dists, orig, recs, labels, n_tokens = [], [], [], [], [], []
-        for path, digit in items:
+    for split, group in groups.items():
+        snrs, dists, orig, recs, n_tokens = [], [], [], [], []
+        for path in group.items:
             x = convert(read_audio(path), tok.sample_rate, tok.config.channels, str(path))
             codes = tok.encode(Waveform(x.numpy(), tok.sample_rate))
             n_tokens.append(codes.size)
             y = tok.decode(codes).samples[:, : x.shape[-1]]
             snrs.append(si_snr(x.numpy().mean(0), y.mean(0)))
             dists.append(mel_distance(mel, x[None], torch.from_numpy(y)[None]))
-            if digit is not None:
-                orig.append(x.numpy().mean(0))
-                recs.append(y.mean(0))
-                labels.append(digit)
+            orig.append(Waveform(x.numpy().mean(0, keepdims=True), tok.sample_rate))
+            recs.append(Waveform(y.mean(0, keepdims=True), tok.sample_rate))
         r = {
-            "clips": len(items),
+            "clips": len(group.items),
             "si_snr_db": float(np.mean(snrs)),
             "mel_distance": float(np.mean(dists)),
             "tokens_per_clip": float(np.mean(n_tokens)),
         }
-        if clf is not None and labels:
-            a_o = clf.accuracy(orig, labels, tok.sample_rate)
-            a_r = clf.accuracy(recs, labels, tok.sample_rate)
+        if group.judge is not None and group.labels:
+            a_o, a_r = group.judge(orig, group.labels), group.judge(recs, group.labels)
             r |= {
                 "digit_acc_original": a_o,
                 "digit_acc_reconstructed": a_r,
@@ -593,6 +571,13 @@ def evaluate(
             }
         result["splits"][split] = r
     return result
+
+
+def eval_groups(data: str, splits: list[str] | None) -> dict[str, sources.LabeledMedia]:
+    """``--data`` -> groups: a source's splits (default ``heldout``), or one ``all`` group."""
+    if sources.is_ref(data):
+        return {s: sources.load(data, s) for s in splits or ["heldout"]}
+    return {"all": sources.LabeledMedia(list_audio(AudioDataSpec(source=str(data))))}
 
 
 def eval_main(argv: list[str] | None = None, prog: str | None = None) -> int:
@@ -604,9 +589,10 @@ def eval_main(argv: list[str] | None = None, prog: str | None = None) -> int:
     ap.add_argument(
         "--data",
         required=True,
-        help="spoken-digits dir (manifest.csv), a folder of audio, or a .jsonl",
+        help="a 'module:function' source (e.g. native_mm.apps.digits.sources:speech), "
+        "a folder of audio, or a .jsonl",
     )
-    ap.add_argument("--split", action="append", help="manifest split(s) (default: all)")
+    ap.add_argument("--split", action="append", help="a source's split(s) (default: heldout)")
     ap.add_argument("--levels", type=int, default=0, help="RVQ levels to use (0 = config's)")
     ap.add_argument("--out", required=True, help="metrics JSON to write")
     args = ap.parse_args(argv)
@@ -614,7 +600,7 @@ def eval_main(argv: list[str] | None = None, prog: str | None = None) -> int:
         tok = AudioTokenizer.load(args.tokenizer)
     except MediaError as e:
         raise ValueError(str(e)) from None
-    res = evaluate(tok, args.data, args.split, args.levels or None)
+    res = evaluate(tok, eval_groups(args.data, args.split), args.levels or None)
     write_json(args.out, res)
     print(json.dumps(res, indent=2))
     return 0

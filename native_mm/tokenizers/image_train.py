@@ -6,7 +6,8 @@ user-given local weights file; nothing is downloaded), and a PatchGAN hinge loss
 starts at ``disc_start`` with the adaptive weight of Esser et al. (ratio of the gradient
 norms of the reconstruction and GAN losses at the decoder's last layer).
 
-Training data (``data``): ``digits`` (scikit-learn digits, fixed train split), ``photos``
+Training data (``data``): a ``module:function`` source (:mod:`native_mm.sources`; its
+``train`` split, whole images resized; ``heldout`` validates), ``photos``
 (scikit-learn's ``load_sample_images``: random scales and crops), a folder of images, or
 a documents JSONL (its image segments). Training crop policy for folders/JSONL: the
 image is converted to RGB, its shorter side resized to ``resolution`` and a random
@@ -33,6 +34,7 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from native_mm import sources
 from native_mm.io import load_torch, save_image, write_json
 from native_mm.tokenizers.base import MediaError
 from native_mm.tokenizers.image import (
@@ -63,8 +65,8 @@ class ImageTrainSpec:
 
     model: ImageConfig = dataclasses.field(default_factory=ImageConfig)  # the tokenizer
     trainer: TrainerSpec = dataclasses.field(default_factory=TrainerSpec)  # Lightning knobs
-    data: str = "digits"  # "digits", "photos", an image folder or a documents .jsonl
-    val_data: str = ""  # same choices; "" = digits heldout / fixed photo crops / none
+    data: str = "photos"  # a "module:function" source, "photos", an image folder or a .jsonl
+    val_data: str = ""  # same choices; "" = the source's heldout split / photo crops / none
     resolution: int = 32  # training crop side in pixels (a multiple of the factor)
     photo_scale: tuple[float, float] = (0.15, 1.0)  # photos: random downscale range
     photo_samples: int = 4096  # photos: random crops per epoch
@@ -100,22 +102,19 @@ class ImageTrainSpec:
 # ---------------------------------------------------------------- data
 
 
-class DigitsDataset(Dataset):
-    """sklearn digits of a split, RGB, resized to ``resolution`` like the tokenizer does."""
+class ResizedDataset(Dataset):
+    """A fixed list of PIL images, RGB, resized to ``resolution`` like the tokenizer does
+    (small images such as 8x8 digits are used whole, not cropped)."""
 
-    def __init__(self, split: str, resolution: int, resample: str) -> None:
-        from native_mm.data import digits
-
-        self.images = digits.load(split)[0]
+    def __init__(self, images: list[Image.Image], resolution: int, resample: str) -> None:
+        self.images = images
         self.size, self.resample = resolution, _RESAMPLE[resample]
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        from native_mm.data import digits
-
-        img = to_rgb(digits.to_pil(self.images[i % len(self.images)], size=8))  # see below
+        img = to_rgb(self.images[i % len(self.images)])
         return pil_to_tensor(img.resize((self.size, self.size), self.resample))
 
 
@@ -206,7 +205,9 @@ def image_paths(source: str | Path, report: DataReport | None = None) -> list[Pa
             report.add_invalid(skips)
         return paths
     if not source.is_dir():
-        raise ValueError(f"{source}: not an image folder, a .jsonl file, 'digits' or 'photos'")
+        raise ValueError(
+            f"{source}: not an image folder, a .jsonl file, 'photos' or a 'module:function' source"
+        )
     return sorted(
         p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
     )
@@ -219,8 +220,9 @@ def build_dataset(
     counted in ``report`` (a fresh one when None)."""
     res = spec.resolution
     report = report if report is not None else DataReport(source)
-    if source == "digits":
-        ds: Dataset = DigitsDataset("train" if train else "heldout", res, spec.model.resample)
+    if sources.is_ref(source):
+        media = sources.load(source, "train" if train else "heldout").items
+        ds: Dataset = ResizedDataset(media, res, spec.model.resample)
     elif source == "photos":
         length = spec.photo_samples if train else 64
         ds = CropDataset(photo_images(), res, length, spec.photo_scale, train, spec.hflip,
@@ -494,13 +496,14 @@ def codebook_stats(codes: list[np.ndarray], codebook_size: int) -> dict[str, flo
     }
 
 
-def evaluate(tok: ImageTokenizer, media: list[Any], labels: np.ndarray | None = None) -> dict:
+def evaluate(tok: ImageTokenizer, data: sources.LabeledMedia) -> dict:
     """Reconstruction metrics of ``tok`` over images (paths or PIL).
 
     PSNR/SSIM compare the decoded image with the tokenizer's own preprocessed input
-    (same size); with digit ``labels`` the independent :class:`DigitJudge` also scores
-    the reconstructions downsampled to 8x8.
+    (same size); labelled data with a judge also reports the judge's accuracy on the
+    originals and on the reconstructions (PIL images).
     """
+    media = data.items
     psnrs, ssims, codes, recons = [], [], [], []
     t0 = time.perf_counter()
     xs = [tok.prepare(m) for m in media]
@@ -529,13 +532,10 @@ def evaluate(tok: ImageTokenizer, media: list[Any], labels: np.ndarray | None = 
         **codebook_stats(codes, tok.codebook_size),
         "seconds": round(time.perf_counter() - t0, 2),
     }
-    if labels is not None:
-        from native_mm.data import digits
-
-        judge = digits.DigitJudge()
-        orig = np.stack([digits.to_8x8(m) for m in media])
-        rec8 = np.stack([digits.to_8x8(tensor_to_pil(r)) for r in recons])
-        acc_o, acc_r = judge.accuracy(orig, labels), judge.accuracy(rec8, labels)
+    if data.labels is not None and data.judge is not None:
+        originals = [m if isinstance(m, Image.Image) else open_image(m) for m in media]
+        acc_o = data.judge(originals, data.labels)
+        acc_r = data.judge([tensor_to_pil(r) for r in recons], data.labels)
         out.update(
             judge_accuracy_original=acc_o,
             judge_accuracy_reconstructed=acc_r,
@@ -563,7 +563,8 @@ def train_main(argv: list[str] | None = None, prog: str = "native-mm tokenizer t
         torch.set_num_threads(spec.trainer.num_threads)
     reports = {"train": DataReport(spec.data)}
     train_ds = build_dataset(spec, spec.data, train=True, report=reports["train"])
-    val_source = spec.val_data or (spec.data if spec.data in ("digits", "photos") else "")
+    own_val = spec.data == "photos" or sources.is_ref(spec.data)  # sources have a heldout split
+    val_source = spec.val_data or (spec.data if own_val else "")
     val_ds = None
     if val_source:
         reports["val"] = DataReport(val_source)
@@ -598,31 +599,26 @@ def eval_main(argv: list[str] | None = None, prog: str = "native-mm tokenizer ev
     ap = argparse.ArgumentParser(prog=prog, description=eval_main.__doc__)
     ap.add_argument("--tokenizer", required=True, help="directory written by `train image`")
     ap.add_argument(
-        "--data", default="digits",
-        help="'digits' (held-out split, plus the digit-judge accuracy), 'photos', "
-        "an image folder or a documents .jsonl",
+        "--data", required=True,
+        help="a 'module:function' source (its held-out split, judged when it has labels; "
+        "e.g. native_mm.apps.digits.sources:digit_images), 'photos', an image folder or a .jsonl",
     )  # fmt: skip
     ap.add_argument("--out", required=True, help="metrics JSON path")
     ap.add_argument("--limit", type=int, default=0, help="evaluate at most this many images")
     ap.add_argument("--grid", default="", help="also write a reconstructions PNG here")
     args = ap.parse_args(argv)
     tok = ImageTokenizer.load(args.tokenizer)
-    labels = None
-    if args.data == "digits":
-        from native_mm.data import digits
-
-        x, labels = digits.load("heldout")
-        media: list[Any] = [digits.to_pil(a, size=8) for a in x]
+    if sources.is_ref(args.data):
+        data = sources.load(args.data, "heldout")
     elif args.data == "photos":
-        media = photo_images()
+        data = sources.LabeledMedia(photo_images())
     else:
-        media = [str(p) for p in image_paths(args.data)]
-    if args.limit:
-        media = media[: args.limit]
-        labels = labels[: args.limit] if labels is not None else None
+        data = sources.LabeledMedia([str(p) for p in image_paths(args.data)])
+    data = data.head(args.limit)
+    media = data.items
     if not media:
         raise MediaError(f"{args.data}: no images to evaluate")
-    metrics = {"tokenizer": str(args.tokenizer), "data": args.data, **evaluate(tok, media, labels)}
+    metrics = {"tokenizer": str(args.tokenizer), "data": args.data, **evaluate(tok, data)}
     write_json(args.out, metrics)
     if args.grid:
         xs = [tok.prepare(m) for m in media[:16]]

@@ -42,6 +42,7 @@ from typing import ClassVar
 import numpy as np
 import sentencepiece as spm
 
+from native_mm import sources
 from native_mm.io import sha256_bytes, write_bytes, write_json
 from native_mm.tokenizers.base import MediaError, Tokenizer
 
@@ -64,7 +65,7 @@ class TextSpec:
     vocab_size: int = 1000  # sentencepiece pieces, incl. <unk> and the 256 byte pieces
     character_coverage: float = 0.9995  # share of characters that get their own piece
     inputs: list[str] = dataclasses.field(default_factory=list)  # text / .jsonl files or globs
-    builtin: list[str] = dataclasses.field(default_factory=list)  # built-in corpora ("digits")
+    generators: list[str] = dataclasses.field(default_factory=list)  # "module:function"s -> lines
     max_lines: int = 0  # train on at most this many lines (0 = all), the first ones read
     max_line_bytes: int = 4096  # longer lines are cut into chunks (sentencepiece skips them)
     split_digits: bool = True  # every digit its own piece (numbers tokenize uniformly)
@@ -86,11 +87,11 @@ class TextSpec:
                 raise ValueError(f"{name}={getattr(self, name)}: must be >= 0")
         if isinstance(self.inputs, str):
             self.inputs = [self.inputs]
-        if isinstance(self.builtin, str):
-            self.builtin = [self.builtin]
-        unknown = sorted(set(self.builtin) - set(BUILTIN_CORPORA))
-        if unknown:
-            raise ValueError(f"builtin: unknown corpus {unknown}; have {sorted(BUILTIN_CORPORA)}")
+        if isinstance(self.generators, str):
+            self.generators = [self.generators]
+        bad = [g for g in self.generators if not sources.is_ref(g)]
+        if bad:
+            raise ValueError(f"generators: {bad} are not 'package.module:function' references")
 
 
 class TextTokenizer(Tokenizer):
@@ -274,28 +275,6 @@ class TextTokenizer(Tokenizer):
 
 
 # ---- training ------------------------------------------------------------------------------
-_DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-_DIGIT_TEMPLATES = (
-    "{w}", "{d}", "{W}", "the digit {d}", "the digit {w}", "a handwritten {w}",
-    "a handwritten {d}", "the number {w}", "this is a {w}.", "this is the digit {d}.",
-    "draw a {w}", "write the digit {d}", "say {w}", "someone says {w}", "a spoken {w}",
-    "{W}.", "it is a {w}", "the image shows a {w}", "the voice says {w}", "{d} is {w}",
-)  # fmt: skip
-
-
-def digit_sentences() -> Iterator[str]:
-    """A small built-in corpus of phrases about the digits 0-9 (varied wording)."""
-    for template in _DIGIT_TEMPLATES:
-        for d, w in enumerate(_DIGIT_WORDS):
-            yield template.format(d=d, w=w, W=w.capitalize())
-    for a in range(10):
-        for b in range(10):
-            yield f"{a} + {b} = {a + b}; {_DIGIT_WORDS[a]} plus {_DIGIT_WORDS[b]}"
-
-
-BUILTIN_CORPORA = {"digits": digit_sentences}
-
-
 def _lines(texts: Iterable[str], max_line_bytes: int) -> Iterator[str]:
     """Split texts into non-empty lines; cut lines too long for sentencepiece's trainer."""
     max_chars = max(1, max_line_bytes // 4)  # a character is at most 4 UTF-8 bytes
@@ -316,7 +295,7 @@ def train_text_tokenizer(
     """Train a sentencepiece BPE (byte fallback, identity normalisation) on ``texts``.
 
     Args:
-        spec: the training spec; ``spec.inputs``/``spec.builtin`` are NOT read here (see
+        spec: the training spec; ``spec.inputs``/``spec.generators`` are NOT read here (see
             :func:`iter_spec_texts`), only the trainer settings.
         texts: strings (each may hold several lines; blank lines are ignored). Lines with
             lone surrogates are skipped.
@@ -424,8 +403,8 @@ def iter_spec_texts(
     stats.setdefault("bytes", 0)
     stats.setdefault("bad_lines", 0)
     stats.setdefault("skipped_documents", 0)
-    for name in spec.builtin:
-        yield from BUILTIN_CORPORA[name]()
+    for ref in spec.generators:  # zero-argument callables yielding text
+        yield from sources.resolve(ref)()
     bar = None
     if progress:
         from tqdm import tqdm
@@ -484,8 +463,8 @@ def train_main(argv: list[str] | None = None, prog: str = "native-mm tokenizer t
         files = _expand_inputs(args.input, None)
     else:
         files = _expand_inputs(spec.inputs, args.config.parent)
-    if not files and not spec.builtin:
-        raise ValueError(f"{args.config}: no inputs (set `inputs`/`builtin` or pass --input)")
+    if not files and not spec.generators:
+        raise ValueError(f"{args.config}: no inputs (set `inputs`/`generators` or pass --input)")
     stats: dict = {}
     t0 = time.perf_counter()
     texts = iter_spec_texts(spec, files, stats, progress=True)
@@ -496,7 +475,7 @@ def train_main(argv: list[str] | None = None, prog: str = "native-mm tokenizer t
     log = {
         "config": str(args.config),
         "inputs": [str(f) for f in files],
-        "builtin": spec.builtin,
+        "generators": spec.generators,
         "spec": dataclasses.asdict(spec),
         "vocab_size": tok.codebook_size,
         "fingerprint": tok.fingerprint(),
@@ -511,7 +490,7 @@ def train_main(argv: list[str] | None = None, prog: str = "native-mm tokenizer t
     write_json(args.out / "train_log.json", log)
     print(
         f"text tokenizer: {tok.codebook_size} pieces, trained in {seconds:.1f}s on "
-        f"{len(files)} file(s) + builtin {spec.builtin} -> {args.out} "
+        f"{len(files)} file(s) + generators {spec.generators} -> {args.out} "
         f"(fingerprint {tok.fingerprint()[:12]})",
         file=sys.stderr,
     )

@@ -5,7 +5,7 @@ A notebook runs a family of recipes that differ in one knob. Everything here goe
 through the package's own entry points -- :func:`fit_lm` writes a LightningCLI config
 (a recipe deep-merged with overrides, exactly like ``native-mm run`` does for its fit
 stage) and calls ``native-mm fit`` in-process; evaluation uses
-:mod:`native_mm.evaluation`'s generators and judges -- so a notebook holds no training
+:mod:`native_mm.apps.digits.evaluation`'s generators and judges -- so a notebook holds no training
 code of its own.
 
     res = fit_lm("runs/ab/qk_off", sources=["runs/digits/shards"],
@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+from native_mm.apps.digits.recipe import REPO, RecipeError, deep_merge
 from native_mm.io import atomic_write, read_yaml
-from native_mm.pipeline import REPO, RecipeError, deep_merge
 
 DEFAULT_RECIPE = REPO / "recipes" / "digits_lm.yaml"
 
@@ -231,7 +231,7 @@ def prepare_digits(
     (``corpus``, ``tokenizers``, ``shards``, ...). ``stages`` may leave some out (e.g. the
     shards, when a notebook tokenizes the corpus itself with other settings).
     """
-    from native_mm.pipeline import Pipeline, load_recipe
+    from native_mm.apps.digits.pipeline import Pipeline, load_recipe
 
     r = load_recipe(recipe, smoke=smoke)
     if smoke:
@@ -265,7 +265,7 @@ def speech_subset(out: str | Path, train_voices: int, heldout_voices: int) -> Pa
     """A spoken-digits directory (``manifest.csv`` only, absolute paths) holding the first
     ``train_voices`` / ``heldout_voices`` voices of the committed clips: smoke runs of
     evaluations that read a whole manifest (e.g. ``tokenizers.audio_train.evaluate``)."""
-    from native_mm.data import speech
+    from native_mm.apps.digits import speech
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -326,11 +326,11 @@ def write_text_documents(path: str | Path, n: int, seed: int = 0, sentences: int
 def conflict_items(n: int, image_size: int = 16, seed: int = 0) -> list[Any]:
     """``n`` prompts ``[text naming digit a] [held-out image of digit b != a]``.
 
-    Returns :class:`native_mm.evaluation.Item` whose ``digit`` is the IMAGE's digit; the
+    Returns :class:`native_mm.apps.digits.evaluation.Item` whose ``digit`` is the IMAGE's digit; the
     text's digit is in ``item.text_digit`` (an attribute set here).
     """
-    from native_mm.data.corpus import IMAGE_CAPTIONS, fill
-    from native_mm.evaluation import Item, heldout_images
+    from native_mm.apps.digits.corpus import IMAGE_CAPTIONS, fill
+    from native_mm.apps.digits.evaluation import Item, heldout_images
 
     imgs, labels = heldout_images(image_size)
     rng = np.random.default_rng(seed)
@@ -368,13 +368,19 @@ def competition_eval(
     Generates audio (forced) after ``n`` :func:`conflict_items` prompts ``[text a][image b]``
     and after the eval's own ``text->audio`` and ``image->audio`` prompts (one input: the
     model's accuracy from the text alone / the image alone), all judged by the
-    spoken-digit classifier of :mod:`native_mm.evaluation`.
+    spoken-digit classifier of :mod:`native_mm.apps.digits.evaluation`.
 
     Returns ``follows_image``, ``follows_text``, ``neither`` (conflicts) and
     ``text_only_acc``, ``image_only_acc`` (controls).
     """
+    from native_mm.apps.digits.evaluation import (
+        EvalConfig,
+        Judges,
+        build_items,
+        judge,
+        model_generator,
+    )
     from native_mm.checkpoint import load_checkpoint
-    from native_mm.evaluation import EvalConfig, Judges, build_items, judge, model_generator
     from native_mm.tokenizers.base import TokenizerSet
 
     cfg = cfg or EvalConfig(max_items=n, audio_levels=2, audio_max_seconds=1.2)
@@ -398,12 +404,12 @@ def direction_accuracy(
 ) -> dict[str, float]:  # fmt: skip
     """Held-out accuracy of one direction (e.g. ``"text->audio"``) -> accuracy, seconds.
 
-    The prompts, generation and judging of ``native-mm eval`` (:mod:`native_mm.evaluation`),
-    for one direction only; ``cfg`` is its :class:`EvalConfig` (``max_items``,
-    ``audio_levels``, ...).
+    The prompts, generation and judging of ``native-mm eval``
+    (:mod:`native_mm.apps.digits.evaluation`), for one direction only; ``cfg`` is its
+    :class:`EvalConfig` (``max_items``, ``audio_levels``, ...).
     """
+    from native_mm.apps.digits.evaluation import Judges, build_items, judge, model_generator
     from native_mm.checkpoint import load_checkpoint
-    from native_mm.evaluation import Judges, build_items, judge, model_generator
     from native_mm.tokenizers.base import TokenizerSet
 
     tokenizers = TokenizerSet.load(tokenizers_dir)

@@ -2,7 +2,7 @@
 
 ``native-mm run --config recipes/digits.yaml [--out runs/digits] [--smoke]`` runs, in turn:
 
-    1. corpus      the built-in digits corpus (:mod:`native_mm.data.corpus`)
+    1. corpus      the built-in digits corpus (:mod:`native_mm.apps.digits.corpus`)
     2. text        the sentencepiece BPE, trained on the corpus' captions
     3. image       the image VQ-GAN (the shipped ``tokenizers/image/digits`` by default)
     4. audio       the audio EnCodec (the shipped ``tokenizers/audio/speech8k`` by default)
@@ -23,81 +23,26 @@ is merged over it with ``--smoke`` (tiny sizes, a few steps: the CI test).
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
+from native_mm.apps.digits.recipe import (
+    REPO,
+    RecipeError,
+    deep_merge,
+    eval_settings,
+    load_recipe,
+    resolve,
+)
 from native_mm.io import atomic_write, read_yaml, write_json
 
-if TYPE_CHECKING:
-    from native_mm.evaluation import EvalConfig
-
-REPO = Path(__file__).resolve().parents[1]
 STAGES = ("corpus", "text", "image", "audio", "tokenizers", "shards", "fit", "eval")
-
-
-class RecipeError(ValueError):
-    """A pipeline recipe that cannot be run; the message names the file and key."""
-
-
-def deep_merge(base: dict, over: dict) -> dict:
-    """``over`` merged into a copy of ``base`` (nested dicts merged, the rest replaced)."""
-    out = copy.deepcopy(base)
-    for k, v in (over or {}).items():
-        out[k] = (
-            deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-        )
-    return out
-
-
-def load_recipe(path: str | Path, smoke: bool = False) -> dict:
-    """Read a pipeline recipe; with ``smoke`` its ``smoke:`` block is merged over it."""
-    path = Path(path)
-    raw = read_yaml(path, RecipeError, "recipe")
-    smoke_block = raw.pop("smoke", {}) or {}
-    if smoke:
-        raw = deep_merge(raw, smoke_block)
-    known = {"out", "seed", "threads", "corpus", "tokenizers", "tokenize", "fit", "eval"}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise RecipeError(f"{path}: unknown recipe keys {unknown}; have {sorted(known)}")
-    raw["_path"] = str(path)
-    return raw
-
-
-def eval_settings(recipe: dict, **overrides: Any) -> tuple[EvalConfig, str | None]:
-    """The recipe's ``eval:`` block (+ its corpus' image size, audio levels, seed, threads)
-    with ``overrides`` on top -> (EvalConfig, audio_root of the corpus or None)."""
-    from native_mm.evaluation import EvalConfig
-
-    block = dict(recipe.get("eval", {}))
-    block.setdefault("image_size", recipe.get("corpus", {}).get("image_size", 16))
-    if recipe.get("tokenize", {}).get("audio_levels"):
-        block.setdefault("audio_levels", int(recipe["tokenize"]["audio_levels"]))
-    block.setdefault("threads", int(recipe.get("threads", 0)))
-    block.setdefault("seed", int(recipe.get("seed", 0)))
-    try:
-        cfg = EvalConfig(**{**block, **overrides})
-    except TypeError as e:  # an unknown key in the eval: block
-        raise RecipeError(f"{recipe.get('_path', 'recipe')}: eval: {e}") from None
-    return cfg, recipe.get("corpus", {}).get("audio_root") or None
-
-
-def resolve(p: str | Path, recipe_path: str | Path) -> Path:
-    """A path from a recipe: as given if it exists (or is absolute), else under the repo."""
-    p = Path(p)
-    if p.is_absolute() or p.exists():
-        return p
-    for base in (Path(recipe_path).resolve().parent.parent, REPO):
-        if (base / p).exists():
-            return base / p
-    return p
 
 
 @dataclasses.dataclass
@@ -137,7 +82,7 @@ class Pipeline:
 
     # ---- stage bodies -----------------------------------------------------------------
     def corpus(self) -> Path | None:
-        from native_mm.data.corpus import CorpusConfig, build_corpus
+        from native_mm.apps.digits.corpus import CorpusConfig, build_corpus
 
         out = self.paths["corpus"]
         if (out / "corpus.json").is_file():
@@ -259,7 +204,7 @@ class Pipeline:
         return None
 
     def eval(self) -> Path | None:
-        from native_mm.evaluation import evaluate_checkpoint, read_result
+        from native_mm.apps.digits.evaluation import evaluate_checkpoint, read_result
 
         out = self.paths["eval"]
         if (out / "eval.json").is_file():
@@ -309,7 +254,7 @@ class Pipeline:
         md = "\n".join(lines) + "\n"
         eval_json = self.paths["eval"] / "eval.json"
         if eval_json.is_file():
-            from native_mm.evaluation import markdown_table, read_result
+            from native_mm.apps.digits.evaluation import markdown_table, read_result
 
             result = read_result(eval_json)  # a corrupted eval.json is an error naming it
             rep["eval"] = {d: r["accuracy"] for d, r in result["directions"].items()}

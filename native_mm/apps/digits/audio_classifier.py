@@ -78,7 +78,7 @@ def train_on_manifest(root: str | None = None) -> DigitClassifier:
     """Fit the classifier on the original clips of the training voices only."""
     import soundfile as sf
 
-    from native_mm.data.speech import DEFAULT_DIR, read_manifest
+    from native_mm.apps.digits.speech import DEFAULT_DIR, read_manifest
 
     clips = read_manifest(root or DEFAULT_DIR, split="train")
     audio = [sf.read(c.path, dtype="float32")[0] for c in clips]
@@ -88,7 +88,7 @@ def train_on_manifest(root: str | None = None) -> DigitClassifier:
 if __name__ == "__main__":
     import soundfile as sf
 
-    from native_mm.data.speech import DEFAULT_DIR, read_manifest
+    from native_mm.apps.digits.speech import DEFAULT_DIR, read_manifest
 
     clf = train_on_manifest()
     for split in ("train", "heldout", "unseen_synth"):

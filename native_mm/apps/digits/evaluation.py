@@ -5,9 +5,9 @@ decoded through the tokenizers and judged by something that never saw the model:
 
     image->text, audio->text    the generated text is read: the first digit word or
                                 numeral in it ("seven", "7") is the answer
-    text->image, audio->image   :class:`native_mm.data.digits.DigitJudge`, an SVM trained
+    text->image, audio->image   :class:`native_mm.apps.digits.images.DigitJudge`, an SVM trained
                                 on the ORIGINAL 8x8 train images (image -> 8x8 first)
-    text->audio, image->audio   :class:`native_mm.data.audio_classifier.DigitClassifier`,
+    text->audio, image->audio   :class:`native_mm.apps.digits.audio_classifier.DigitClassifier`,
                                 log-mel features + logistic regression trained on the
                                 ORIGINAL clips of the training voices
 
@@ -35,7 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from native_mm.data.corpus import AUDIO_PROMPTS, DIRECTIONS, IMAGE_PROMPTS, WORDS, fill
+from native_mm.apps.digits.corpus import AUDIO_PROMPTS, DIRECTIONS, IMAGE_PROMPTS, WORDS, fill
+from native_mm.apps.digits.recipe import EvalConfig, eval_settings, load_recipe
 
 _DIGIT_RE = re.compile(r"\b(" + "|".join(WORDS) + r")\b|(\d)", re.IGNORECASE)
 
@@ -49,28 +50,6 @@ def parse_digit(text: str) -> int:
 
 
 @dataclasses.dataclass
-class EvalConfig:
-    """How the held-out evaluation generates and judges."""
-
-    max_items: int = 200  # prompts per direction at most (held-out media are cycled/cut)
-    batch_size: int = 50  # prompts generated together
-    image_size: int = 16  # side of the prompt images (the corpus' image_size)
-    audio_levels: int | None = None  # RVQ levels per audio frame (None = the checkpoint's)
-    audio_max_seconds: float = 1.2  # longest audio the model may generate
-    temperature_text: float = 0.0  # 0 = greedy for X->text
-    temperature_media: float = 0.8  # image / audio sampling temperature
-    top_k: int | None = None  # top-k for media sampling (None = all)
-    cfg_scale: float | None = None  # classifier-free guidance for media (None = off)
-    cfg_scale_image: float | None = None  # overrides cfg_scale for images
-    cfg_scale_audio: float | None = None  # overrides cfg_scale for audio
-    temperature_image: float | None = None  # overrides temperature_media for images
-    temperature_audio: float | None = None  # overrides temperature_media for audio
-    seed: int = 0  # sampling seed
-    n_wavs: int = 2  # generated WAVs saved per digit (text->audio)
-    threads: int = 0  # torch threads (0 = leave torch's default)
-
-
-@dataclasses.dataclass
 class Item:
     """One prompt of one direction and the digit its answer should show."""
 
@@ -81,7 +60,7 @@ class Item:
 # ---- held-out material -----------------------------------------------------------------
 def heldout_images(size: int, split: str = "heldout") -> tuple[list[Any], np.ndarray]:
     """Held-out (or ``split``) digit images as PIL (``size`` px) and their labels."""
-    from native_mm.data import digits
+    from native_mm.apps.digits import images as digits
 
     x, y = digits.load(split)
     return [digits.to_pil(im, size) for im in x], y
@@ -91,7 +70,7 @@ def heldout_clips(root: str | None = None, split: str = "heldout") -> tuple[list
     """Held-out (or ``split``) voices' clips as :class:`Waveform` and their labels."""
     import soundfile as sf
 
-    from native_mm.data import speech
+    from native_mm.apps.digits import speech
     from native_mm.tokenizers.base import Waveform
 
     clips = speech.read_manifest(root or speech.DEFAULT_DIR, split=split)
@@ -149,7 +128,8 @@ class Judges:
     """The independent classifiers, trained on original train-split media only."""
 
     def __init__(self, audio_root: str | None = None) -> None:
-        from native_mm.data import audio_classifier, digits
+        from native_mm.apps.digits import audio_classifier
+        from native_mm.apps.digits import images as digits
 
         self.image = digits.DigitJudge()
         self.audio = audio_classifier.train_on_manifest(audio_root)
@@ -423,8 +403,6 @@ def main(argv: list[str] | None = None, prog: str = "native-mm eval") -> int:
     }
     audio_root = args.audio_root
     if args.config:
-        from native_mm.pipeline import eval_settings, load_recipe
-
         cfg, recipe_root = eval_settings(load_recipe(args.config), **overrides)
         audio_root = audio_root or recipe_root
     else:

@@ -10,7 +10,7 @@ Splits (fixed, by voice, so that evaluation measures generalisation to unseen sp
     heldout       espeak-ng voices with a held-out accent or a held-out variant
     unseen_synth  a different synthesizer (flite), never used for training
 
-Run ``python -m native_mm.data.speech --out recipes/data/spoken_digits`` to rebuild the
+Run ``python -m native_mm.apps.digits.speech --out recipes/data/spoken_digits`` to rebuild the
 committed clips; ``manifest.csv`` lists path, digit, word, voice, synth, split.
 """
 
@@ -40,7 +40,7 @@ HELDOUT_VARIANTS = frozenset({"f4", "m4"})
 FLITE_VOICES = ("kal", "kal16", "awb", "rms", "slt")
 FLITE_STRETCH = (1.0, 1.25)
 SAMPLE_RATE = 8000
-DEFAULT_DIR = Path(__file__).resolve().parents[2] / "recipes" / "data" / "spoken_digits"
+DEFAULT_DIR = Path(__file__).resolve().parents[3] / "recipes" / "data" / "spoken_digits"
 
 
 @dataclass(frozen=True)
@@ -63,13 +63,14 @@ def read_manifest(root: str | Path = DEFAULT_DIR, split: str | None = None) -> l
     """Rows of ``root/manifest.csv`` (optionally one split), with absolute paths.
 
     Raises:
-        FileNotFoundError: the manifest is missing (run ``python -m native_mm.data.speech``).
+        FileNotFoundError: the manifest is missing (run ``python -m native_mm.apps.digits.speech``).
     """
     root = Path(root)
     path = root / "manifest.csv"
     if not path.is_file():
         raise FileNotFoundError(
-            f"{path}: no spoken-digit manifest; run `python -m native_mm.data.speech --out {root}`"
+            f"{path}: no spoken-digit manifest; "
+            f"run `python -m native_mm.apps.digits.speech --out {root}`"
         )
     with path.open(newline="") as f:
         rows = list(csv.DictReader(f))
@@ -203,7 +204,7 @@ def build(out: str | Path, seed: int = 0, with_flite: bool = True) -> list[Clip]
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
-        prog="python -m native_mm.data.speech",
+        prog="python -m native_mm.apps.digits.speech",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -2,10 +2,10 @@
 
 Real data only, all of it installed with the package:
 
-- images: scikit-learn's handwritten digits (:mod:`native_mm.data.digits`), TRAIN split
+- images: scikit-learn's handwritten digits (:mod:`native_mm.apps.digits.images`), TRAIN split
   only (the held-out writers' images are never written here), upscaled to
   ``image_size`` and optionally augmented with small random affine warps;
-- audio: the committed espeak-ng spoken digits (:mod:`native_mm.data.speech`), TRAIN
+- audio: the committed espeak-ng spoken digits (:mod:`native_mm.apps.digits.speech`), TRAIN
   voices only, optionally augmented with speed (tempo + pitch) and gain perturbations;
 - text: captions and prompts with varied wording ("a handwritten seven", "the digit 7",
   "seven", "7", "draw a 7", "say seven", ...).
@@ -136,7 +136,7 @@ def augment_audio(x: np.ndarray, sr: int, rng: np.random.Generator) -> np.ndarra
 
 def _image_pool(cfg: CorpusConfig, root: Path, rng: np.random.Generator) -> dict[int, list[str]]:
     """Write train images (+ augmented copies) -> {digit: [relative paths]}."""
-    from native_mm.data import digits
+    from native_mm.apps.digits import images as digits
 
     x, y = digits.load("train")
     if cfg.max_images:
@@ -157,7 +157,7 @@ def _audio_pool(cfg: CorpusConfig, root: Path, rng: np.random.Generator) -> dict
     """Write train clips (+ augmented copies) -> {digit: [relative paths]}."""
     import soundfile as sf
 
-    from native_mm.data import speech
+    from native_mm.apps.digits import speech
 
     clips = speech.read_manifest(cfg.audio_root or speech.DEFAULT_DIR, split="train")
     if not clips:

@@ -1,0 +1,91 @@
+"""The digits recipe (``recipes/digits.yaml``): reading it, its smoke block, its typed
+``eval:`` block and the paths it names. Shared by the pipeline and ``native-mm eval``."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from native_mm.io import read_yaml
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    """How the held-out evaluation generates and judges."""
+
+    max_items: int = 200  # prompts per direction at most (held-out media are cycled/cut)
+    batch_size: int = 50  # prompts generated together
+    image_size: int = 16  # side of the prompt images (the corpus' image_size)
+    audio_levels: int | None = None  # RVQ levels per audio frame (None = the checkpoint's)
+    audio_max_seconds: float = 1.2  # longest audio the model may generate
+    temperature_text: float = 0.0  # 0 = greedy for X->text
+    temperature_media: float = 0.8  # image / audio sampling temperature
+    top_k: int | None = None  # top-k for media sampling (None = all)
+    cfg_scale: float | None = None  # classifier-free guidance for media (None = off)
+    cfg_scale_image: float | None = None  # overrides cfg_scale for images
+    cfg_scale_audio: float | None = None  # overrides cfg_scale for audio
+    temperature_image: float | None = None  # overrides temperature_media for images
+    temperature_audio: float | None = None  # overrides temperature_media for audio
+    seed: int = 0  # sampling seed
+    n_wavs: int = 2  # generated WAVs saved per digit (text->audio)
+    threads: int = 0  # torch threads (0 = leave torch's default)
+
+
+class RecipeError(ValueError):
+    """A pipeline recipe that cannot be run; the message names the file and key."""
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    """``over`` merged into a copy of ``base`` (nested dicts merged, the rest replaced)."""
+    out = copy.deepcopy(base)
+    for k, v in (over or {}).items():
+        out[k] = (
+            deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        )
+    return out
+
+
+def load_recipe(path: str | Path, smoke: bool = False) -> dict:
+    """Read a pipeline recipe; with ``smoke`` its ``smoke:`` block is merged over it."""
+    path = Path(path)
+    raw = read_yaml(path, RecipeError, "recipe")
+    smoke_block = raw.pop("smoke", {}) or {}
+    if smoke:
+        raw = deep_merge(raw, smoke_block)
+    known = {"out", "seed", "threads", "corpus", "tokenizers", "tokenize", "fit", "eval"}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise RecipeError(f"{path}: unknown recipe keys {unknown}; have {sorted(known)}")
+    raw["_path"] = str(path)
+    return raw
+
+
+def eval_settings(recipe: dict, **overrides: Any) -> tuple[EvalConfig, str | None]:
+    """The recipe's ``eval:`` block (+ its corpus' image size, audio levels, seed, threads)
+    with ``overrides`` on top -> (EvalConfig, audio_root of the corpus or None)."""
+    block = dict(recipe.get("eval", {}))
+    block.setdefault("image_size", recipe.get("corpus", {}).get("image_size", 16))
+    if recipe.get("tokenize", {}).get("audio_levels"):
+        block.setdefault("audio_levels", int(recipe["tokenize"]["audio_levels"]))
+    block.setdefault("threads", int(recipe.get("threads", 0)))
+    block.setdefault("seed", int(recipe.get("seed", 0)))
+    try:
+        cfg = EvalConfig(**{**block, **overrides})
+    except TypeError as e:  # an unknown key in the eval: block
+        raise RecipeError(f"{recipe.get('_path', 'recipe')}: eval: {e}") from None
+    return cfg, recipe.get("corpus", {}).get("audio_root") or None
+
+
+def resolve(p: str | Path, recipe_path: str | Path) -> Path:
+    """A path from a recipe: as given if it exists (or is absolute), else under the repo."""
+    p = Path(p)
+    if p.is_absolute() or p.exists():
+        return p
+    for base in (Path(recipe_path).resolve().parent.parent, REPO):
+        if (base / p).exists():
+            return base / p
+    return p

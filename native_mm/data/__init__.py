@@ -1,1 +1,0 @@
-"""Built-in small datasets (digit images, spoken digits) used by recipes and tests."""
