@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from native_mm import kernels
 from native_mm.constraints import GenerationError
 from native_mm.io import load_torch, torch_bytes, write_checked
 from native_mm.model import ModelConfig, Transformer
@@ -25,6 +26,24 @@ def check_model_vocab(model: Transformer, vocab: Vocab) -> None:
 
 
 # ---- checkpoints -------------------------------------------------------------------------
+# How Linear weights are stored: "nn.Linear" = (out, in), PyTorch's standard layout. Files
+# written before this key existed stored them (in, out) and are transposed on load.
+WEIGHT_LAYOUT = "nn.Linear"
+_LINEAR_SUFFIXES = ("attn.qkv.weight", "attn.proj.weight", "mlp.gate_up.weight",
+                    "mlp.proj.weight", "lm_head.weight")  # fmt: skip
+
+
+def model_state(ckpt: dict) -> dict:
+    """The transformer's state dict of a checkpoint dict, in the current layout: Lightning's
+    ``model.`` prefix removed, (in, out) Linear weights of older files transposed."""
+    state = ckpt["state_dict"]
+    if state and any(k.startswith("model.") for k in state):
+        state = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
+    if ckpt.get("weight_layout") != WEIGHT_LAYOUT:
+        state = {k: v.t() if k.endswith(_LINEAR_SUFFIXES) else v for k, v in state.items()}
+    return state
+
+
 def load_checkpoint(
     path: str | Path, tokenizers: Any = None, map_location: str = "cpu"
 ) -> tuple[Transformer, Vocab]:
@@ -61,12 +80,9 @@ def load_checkpoint(
                 f"set's {tokenizers.vocab}"
             )
     config = ModelConfig.from_dict(ckpt["model_config"], source=str(path))
-    state = ckpt["state_dict"]
-    if state and all(k.startswith("model.") for k in state):
-        state = {k[len("model.") :]: v for k, v in state.items()}
     model = Transformer(config)
     try:
-        model.load_state_dict(state)
+        model.load_state_dict(model_state(ckpt))
     except RuntimeError as e:
         raise GenerationError(f"{path}: weights do not fit model_config ({e})") from None
     levels = ckpt.get("audio_levels")  # absent in older checkpoints: all of the vocab's
@@ -76,12 +92,16 @@ def load_checkpoint(
         except SequenceError as e:
             raise GenerationError(f"{path}: {e}") from None
     model.audio_levels = levels
+    if config.kernels == "auto":
+        kernels.decode_layout(model)  # inference: same values, faster CPU decoding
     return model.eval(), vocab
 
 
 def save_checkpoint(path: str | Path, model: Transformer, manifest: dict) -> None:
     """Write the plain inference checkpoint read by :func:`load_checkpoint` (atomically,
     with its sha256 in ``NAME.sha256.json`` beside it)."""
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
     obj = {"model_config": model.config.to_dict(), "manifest": manifest,
-           "audio_levels": model.audio_levels, "state_dict": model.state_dict()}  # fmt: skip
+           "audio_levels": model.audio_levels, "weight_layout": WEIGHT_LAYOUT,
+           "state_dict": state}  # fmt: skip
     write_checked(path, torch_bytes(obj))

@@ -22,6 +22,16 @@ Shape legend:
     B batch, T query length, S key length (cache slots), D model width (n_embd),
     H query heads, G key/value heads (n_kv_head), C head size, F MLP hidden size,
     V padded vocabulary size, L layers.
+
+State dict (plain PyTorch: every Linear is ``nn.Linear(bias=False)``, weight (out, in)):
+    wte.weight (V, D) · blocks.{i}.norm1.weight (D) · blocks.{i}.attn.qkv.weight
+    ((H + 2G) C, D): queries, keys, values stacked in that order, head-major ·
+    blocks.{i}.attn.qk_norm (H + G, C): per-head RMSNorm gains of queries then keys ·
+    blocks.{i}.attn.proj.weight (D, H C) · blocks.{i}.norm2.weight (D) ·
+    blocks.{i}.mlp.gate_up.weight (2F, D): gate rows then up rows ·
+    blocks.{i}.mlp.proj.weight (D, F) · norm.weight (D) · lm_head.weight (V, D), absent
+    when tied. Rotary pairs are (even, odd) channels (Meta's LLaMA layout).
+    CPU speed-ups (``config.kernels``) live in :mod:`native_mm.kernels`.
 """
 
 from __future__ import annotations
@@ -33,6 +43,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from native_mm import kernels
 
 
 class ModelConfigError(ValueError):
@@ -55,6 +67,7 @@ class ModelConfig:
     rope_base: float = 10000.0  # rotary embedding base frequency
     norm_eps: float = 1e-5  # RMSNorm epsilon
     init_std: float = 0.02  # std of the normal init (residual projections get /sqrt(2L))
+    kernels: str = "auto"  # "auto": CPU speed-ups of native_mm.kernels where they apply; "plain"
     head_size: int = field(init=False)  # derived: n_embd // n_head
     padded_vocab_size: int = field(init=False)  # derived: vocab_size rounded up to 64
 
@@ -71,6 +84,10 @@ class ModelConfig:
         if self.n_kv_head < 1 or self.n_head % self.n_kv_head:
             raise ModelConfigError(
                 f"model config: n_head={self.n_head} not divisible by n_kv_head={self.n_kv_head}"
+            )
+        if self.kernels not in kernels.KERNELS:
+            raise ModelConfigError(
+                f"model config: kernels={self.kernels!r}; have {kernels.KERNELS}"
             )
         self.head_size = self.n_embd // self.n_head
         if self.head_size % 2:
@@ -125,117 +142,33 @@ PRESETS: dict[str, dict] = {
 }  # fmt: skip
 
 
-class _RMSNormFn(torch.autograd.Function):
-    """RMSNorm times a gain, with a hand-written backward (eager training only).
-
-    torch's CPU ``rms_norm`` has a fused forward but, under autograd, records the composite
-    pow/mean/rsqrt/mul graph; this keeps the fused forward and needs six elementwise passes
-    for the backward. The gain ``w`` broadcasts over x (B, ..., C): (C,) or (N, 1, C).
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor, w: Tensor, eps: float) -> Tensor:
-        xhat, rstd = torch.ops.aten._fused_rms_norm(x, [x.shape[-1]], None, eps)
-        ctx.save_for_backward(xhat, rstd, w)
-        return xhat * w
-
-    @staticmethod
-    def backward(ctx, gy: Tensor) -> tuple[Tensor, Tensor, None]:
-        xhat, rstd, w = ctx.saved_tensors
-        gxhat = gy * w
-        # d xhat / d x = rstd (I - xhat xhat^T / C): remove the xhat component, rescale
-        dot = torch.linalg.vecdot(gxhat, xhat).unsqueeze(-1) / xhat.shape[-1]
-        gx = torch.addcmul(gxhat, xhat, dot, value=-1).mul_(rstd)
-        gw = gy * xhat
-        dims = [i for i in range(gw.dim()) if i < gw.dim() - w.dim() or w.shape[i - gw.dim()] == 1]
-        return gx, gw.sum(dims, keepdim=False).reshape(w.shape), None
-
-
-def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+def rms_norm(x: Tensor, weight: Tensor, eps: float, fast: bool = False) -> Tensor:
     """``x / rms(x) * weight`` over the last dim; weight (C,) or any shape broadcasting to x.
-
-    Eager training uses :class:`_RMSNormFn`; inference, autocast and ``torch.compile``
-    (which fuses the composite itself) use ``F.rms_norm``. Same forward values either way.
-    """
-    if (
-        torch.is_grad_enabled()
-        and not torch.compiler.is_compiling()
-        and not torch.is_autocast_enabled(x.device.type)
-        and x.dtype == weight.dtype
-    ):
-        return _RMSNormFn.apply(x, weight, eps)
+    ``fast`` tries the CPU training kernel (:func:`native_mm.kernels.rms_norm`) first."""
+    y = kernels.rms_norm(x, weight, eps) if fast else None
+    if y is not None:
+        return y
     if weight.dim() == 1:
         return F.rms_norm(x, (x.shape[-1],), weight, eps)
     return F.rms_norm(x, (x.shape[-1],), eps=eps) * weight
 
 
-class _CausalAttentionFn(torch.autograd.Function):
-    """Causal softmax attention in query blocks with matmuls (CPU fp32 training only).
-
-    Query block [s, s+K) attends keys [0, s+K): 5/8 of the full T x T products at T=512,
-    K=128, each a plain batched matmul. Probabilities are kept for the backward (O(T^2)
-    memory, hence only T <= 1024). On this CPU SDPA's flash kernel forward + backward took
-    ~1.5x as long at (B, H, T, C) = (2, 8, 512, 64), its backward being the slow part.
-    """
-
-    @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, block: int) -> Tensor:
-        shape = q.shape
-        q, k, v = (z.reshape(-1, *z.shape[-2:]) for z in (q, k, v))  # (B H, T, C)
-        t, scale = q.shape[1], q.shape[-1] ** -0.5
-        above = torch.full((block, block), float("-inf"), dtype=q.dtype).triu(1)
-        ys, probs = [], []
-        for s in range(0, t, block):
-            e = min(s + block, t)
-            bias = F.pad(above[: e - s, : e - s], (s, 0))  # (K, e): -inf above the diagonal
-            p = torch.baddbmm(bias, q[:, s:e], k[:, :e].transpose(1, 2), alpha=scale)
-            probs.append(p.softmax(-1))  # (B H, K, e)
-            ys.append(torch.bmm(probs[-1], v[:, :e]))  # (B H, K, C)
-        ctx.block, y = block, torch.cat(ys, 1)
-        ctx.save_for_backward(q, k, v, y, *probs)
-        return y.view(shape)
-
-    @staticmethod
-    def backward(ctx, gy: Tensor) -> tuple[Tensor, Tensor, Tensor, None]:
-        q, k, v, y, *probs = ctx.saved_tensors
-        shape, gy = gy.shape, gy.reshape(q.shape)
-        rowdot = torch.linalg.vecdot(gy, y).unsqueeze(-1)  # (B H, T, 1): sum_j p_j dp_j
-        gq, gk, gv = [], None, None
-        # Last query block first: it spans all keys, so it creates gk and gv; the earlier
-        # blocks add into prefixes (bmm + add: baddbmm_ into a slice runs per batch row).
-        for p, s in reversed(list(zip(probs, range(0, q.shape[1], ctx.block), strict=True))):
-            e, g = s + p.shape[1], gy[:, s : s + p.shape[1]]
-            gs = torch.bmm(g, v[:, :e].transpose(1, 2)).sub_(rowdot[:, s:e]).mul_(p)  # softmax'
-            gq.insert(0, torch.bmm(gs, k[:, :e]))
-            dk, dv = torch.bmm(gs.transpose(1, 2), q[:, s:e]), torch.bmm(p.transpose(1, 2), g)
-            if gk is None:  # the last block: all keys
-                gk, gv = dk, dv
-            else:
-                gk[:, :e] += dk
-                gv[:, :e] += dv
-        scale = q.shape[-1] ** -0.5
-        gq = torch.cat(gq, 1).mul_(scale)
-        return gq.view(shape), gk.mul_(scale).view(shape), gv.view(shape), None
-
-
-def _blocked_attention_ok(q: Tensor) -> bool:
-    """Training on the CPU in fp32 with T <= 1024: use :class:`_CausalAttentionFn`."""
-    return (
-        q.device.type == "cpu" and q.dtype == torch.float32 and q.shape[2] <= 1024
-        and torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
-    )  # fmt: skip
-
-
 class RMSNorm(nn.Module):
     """Root-mean-square norm with a learned gain (no bias), over the last dimension."""
 
-    def __init__(self, dim: int, eps: float) -> None:
+    def __init__(self, dim: int, eps: float, fast: bool = False) -> None:
         super().__init__()
-        self.eps = eps
+        self.eps, self.fast = eps, fast  # fast: the CPU kernel where it applies
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        return rms_norm(x, self.weight, self.eps)
+        return rms_norm(x, self.weight, self.eps, self.fast)
+
+
+def linear(d_in: int, d_out: int) -> nn.Linear:
+    """A bias-free ``nn.Linear``, not initialised: :meth:`Transformer.reset_parameters` draws
+    every weight (so building a model consumes no random numbers of its own)."""
+    return nn.utils.skip_init(nn.Linear, d_in, d_out, bias=False, device=torch.get_default_device())
 
 
 def rope_table(head_size: int, length: int, base: float) -> tuple[Tensor, Tensor]:
@@ -246,13 +179,10 @@ def rope_table(head_size: int, length: int, base: float) -> tuple[Tensor, Tensor
 
 
 def apply_rope(x: Tensor, freqs: Tensor) -> Tensor:
-    """Rotate each (even, odd) channel pair by its angle (RoFormer, Meta's LLaMA layout).
+    """Rotate each (even, odd) channel pair of x (B, N, T, C) by its angle (RoFormer).
 
-    x (B, N, T, C); freqs from :meth:`Transformer.rope`, (B or 1, 1, T, C/2): complex in
-    eager (one complex multiply), or real (..., C/2, 2) (cos, sin) pairs under
-    ``torch.compile``, where the same products are written out in real arithmetic that
-    inductor can fuse (it has no complex codegen). Both give bit-identical results here.
-    """
+    freqs (B or 1, 1, T, C/2) complex: one complex multiply (eager); or real (..., 2)
+    (cos, sin) pairs: the same products in real arithmetic that inductor can fuse."""
     xf = x.float().view(*x.shape[:-1], -1, 2)  # (B, N, T, C/2, 2)
     if freqs.is_complex():
         out = torch.view_as_real(torch.view_as_complex(xf) * freqs)
@@ -261,22 +191,6 @@ def apply_rope(x: Tensor, freqs: Tensor) -> Tensor:
         cos, sin = freqs.unbind(-1)
         out = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
     return out.flatten(-2).type_as(x)
-
-
-class Linear(nn.Module):
-    """Bias-free linear layer whose weight is stored ``(in, out)``: forward is ``x @ weight``.
-
-    With the (out, in) layout of ``nn.Linear``, CPU BLAS takes its transposed-operand path;
-    for the skinny inputs of decoding (one token per row) the plain layout measured ~15%
-    faster on this machine at batch 1 and 8 (``bench_generation.py --layout-only``).
-    """
-
-    def __init__(self, d_in: int, d_out: int) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(d_in, d_out))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x @ self.weight
 
 
 class KVCache:
@@ -343,8 +257,9 @@ class Attention(nn.Module):
         super().__init__()
         self.config = config
         c, h, g = config.head_size, config.n_head, config.n_kv_head
-        self.qkv = Linear(config.n_embd, (h + 2 * g) * c)
-        self.proj = Linear(h * c, config.n_embd)
+        self.qkv = linear(config.n_embd, (h + 2 * g) * c)
+        self.proj = linear(h * c, config.n_embd)
+        self.fast = config.kernels == "auto"
         if config.qk_norm:
             # Per-head gains for the H query and G key heads (as Chameleon's per-head norm);
             # one (H+G, C) tensor so queries and keys are normalised in a single call.
@@ -368,7 +283,7 @@ class Attention(nn.Module):
         qkv = self.qkv(x).view(b, t, -1, c).transpose(1, 2).contiguous()  # (B, N, T, C)
         qk, v = qkv.split([h + g, g], dim=1)
         if cfg.qk_norm:
-            qk = rms_norm(qk, self.qk_norm.unsqueeze(1), cfg.norm_eps)
+            qk = rms_norm(qk, self.qk_norm.unsqueeze(1), cfg.norm_eps, self.fast)
         q, k = apply_rope(qk, freqs).split([h, g], dim=1)  # queries and keys rotated together
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, G, S, C)
@@ -379,9 +294,9 @@ class Attention(nn.Module):
         # mask None: training/prefill without padding -> causal; a 1-token decode with no
         # padding attends to every filled slot, so neither needs a mask tensor.
         is_causal = mask is None and q.shape[2] > 1
-        if is_causal and cache is None and _blocked_attention_ok(q):
-            y = _CausalAttentionFn.apply(q, k, v, 128)
-        else:
+        fast = self.fast and is_causal and cache is None
+        y = kernels.causal_attention(q, k, v) if fast else None
+        if y is None:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
         return self.proj(y.transpose(1, 2).reshape(b, t, -1))  # (B, T, H C)
 
@@ -391,8 +306,8 @@ class MLP(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.gate_up = Linear(config.n_embd, 2 * config.intermediate_size)
-        self.proj = Linear(config.intermediate_size, config.n_embd)
+        self.gate_up = linear(config.n_embd, 2 * config.intermediate_size)
+        self.proj = linear(config.intermediate_size, config.n_embd)
 
     def forward(self, x: Tensor) -> Tensor:
         gate, up = self.gate_up(x).chunk(2, dim=-1)
@@ -404,9 +319,10 @@ class Block(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.norm1 = RMSNorm(config.n_embd, config.norm_eps)
+        fast = config.kernels == "auto"
+        self.norm1 = RMSNorm(config.n_embd, config.norm_eps, fast)
         self.attn = Attention(config)
-        self.norm2 = RMSNorm(config.n_embd, config.norm_eps)
+        self.norm2 = RMSNorm(config.n_embd, config.norm_eps, fast)
         self.mlp = MLP(config)
 
     def forward(self, x, freqs, mask, cache=None, layer=0) -> Tensor:
@@ -425,11 +341,10 @@ class Transformer(nn.Module):
         self.audio_levels: int | None = None
         self.wte = nn.Embedding(config.padded_vocab_size, config.n_embd)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
-        self.norm = RMSNorm(config.n_embd, config.norm_eps)
-        # Tied: the output layer is the embedding table itself (F.linear in _logits).
-        self.lm_head = (
-            None if config.tie_embeddings else Linear(config.n_embd, config.padded_vocab_size)
-        )
+        self.norm = RMSNorm(config.n_embd, config.norm_eps, config.kernels == "auto")
+        # Tied: the output layer is the embedding table itself (F.linear in head()).
+        d, v = config.n_embd, config.padded_vocab_size
+        self.lm_head = None if config.tie_embeddings else linear(d, v)
         half = config.head_size // 2
         self.register_buffer("rope_cos", torch.empty(config.block_size, half), persistent=False)
         self.register_buffer("rope_sin", torch.empty(config.block_size, half), persistent=False)
@@ -447,10 +362,13 @@ class Transformer(nn.Module):
         for name, p in self.named_parameters():
             if p.dim() == 1 or name.endswith("qk_norm"):  # norm gains
                 nn.init.ones_(p)
-            elif name.endswith("proj.weight"):
-                nn.init.normal_(p, 0.0, std / math.sqrt(2 * cfg.n_layer))
-            else:
-                nn.init.normal_(p, 0.0, std)
+                continue
+            s = std / math.sqrt(2 * cfg.n_layer) if name.endswith("proj.weight") else std
+            if name.startswith("wte"):
+                nn.init.normal_(p, 0.0, s)
+            else:  # Linear: drawn (in, out) and transposed, the draws of earlier releases
+                with torch.no_grad():
+                    p.copy_(torch.empty(p.shape[::-1], device=p.device).normal_(0.0, s).t())
 
     # ---- counting ------------------------------------------------------------------
     def num_params(self, non_embedding: bool = False) -> int:
@@ -476,12 +394,8 @@ class Transformer(nn.Module):
     # ---- forward passes --------------------------------------------------------------
     def rope(self, positions: Tensor | slice) -> Tensor:
         """Rotations for positions (B, T) -> (B, 1, T, C/2); a slice -> (1, 1, T, C/2).
-
-        Complex in eager; under ``torch.compile`` real with a trailing (cos, sin) axis
-        (see :func:`apply_rope`). Built per call from the real buffers, so casting the
-        module's dtype never touches a complex tensor (``Module.to`` would drop the
-        imaginary part).
-        """
+        Built per call from the real buffers: ``Module.to(dtype)`` would drop the imaginary
+        part of a stored complex table. Real (cos, sin) pairs under ``torch.compile``."""
         cos, sin = self.rope_cos[positions].float(), self.rope_sin[positions].float()
         if torch.compiler.is_compiling():
             freqs = torch.stack((cos, sin), dim=-1)
@@ -489,23 +403,9 @@ class Transformer(nn.Module):
             freqs = torch.complex(cos, sin)
         return freqs[None, None] if isinstance(positions, slice) else freqs[:, None]
 
-    def _check_len(self, length: int) -> None:
-        if length > self.config.block_size:
-            raise ModelConfigError(
-                f"sequence of {length} tokens exceeds block_size={self.config.block_size}"
-            )
-
     def forward(self, idx: Tensor, pad: Tensor | None = None) -> Tensor:
-        """Causal logits for every position.
-
-        Args:
-            idx: ``(B, T)`` token ids.
-            pad: optional ``(B,)`` left-padding counts (only generation without a cache uses
-                it); training batches are packed and need none.
-
-        Returns:
-            ``(B, T, V)`` logits.
-        """
+        """Causal logits ``(B, T, V)`` of ids ``(B, T)`` at every position; ``pad`` (B,)
+        left-padding counts (generation without a cache; packed training needs none)."""
         return self.head(self.hidden(idx, pad))
 
     def hidden(self, idx: Tensor, pad: Tensor | None = None) -> Tensor:
@@ -515,7 +415,10 @@ class Transformer(nn.Module):
         cross-entropy, so the ``(B, T, V)`` logits are never materialised at once.
         """
         b, t = idx.shape
-        self._check_len(t)
+        if t > self.config.block_size:
+            raise ModelConfigError(
+                f"sequence of {t} tokens exceeds block_size={self.config.block_size}"
+            )
         if pad is None:
             mask, freqs = None, self.rope(slice(0, t))
         else:
@@ -529,16 +432,12 @@ class Transformer(nn.Module):
 
     @property
     def head_weight(self) -> Tensor:
-        """The output layer as a ``(D, V)`` matrix (the embedding table transposed if tied)."""
-        return self.wte.weight.t() if self.lm_head is None else self.lm_head.weight
+        """The output layer's ``(V, D)`` weight (the embedding table itself if tied)."""
+        return self.wte.weight if self.lm_head is None else self.lm_head.weight
 
     def head(self, x: Tensor) -> Tensor:
         """Output projection of normed states: (B, T, D) -> (B, T, V)."""
         return F.linear(x, self.wte.weight) if self.lm_head is None else self.lm_head(x)
-
-    def _logits(self, x: Tensor) -> Tensor:
-        """Final norm and output projection: (B, T, D) -> (B, T, V)."""
-        return self.head(self.norm(x))
 
     def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
         """An empty cache on the model's device and dtype (``max_len`` defaults to block_size)."""
@@ -584,12 +483,9 @@ class Transformer(nn.Module):
                 f"(block_size={self.config.block_size})"
             )
         padded = bool(cache.pad.any())
-        if padded:
-            mask = attention_mask(cache.pad, start, t, start + t)
-        elif t > 1 and start > 0:
-            mask = attention_mask(cache.pad, start, t, start + t)  # chunk after a prefix
-        else:
-            mask = None  # causal prefill from empty, or a single token seeing every slot
+        # no mask for a causal prefill from empty, or for one token that sees every slot
+        masked = padded or (t > 1 and start > 0)
+        mask = attention_mask(cache.pad, start, t, start + t) if masked else None
         if padded:
             slots = torch.arange(start, start + t, device=idx.device).expand(b, t)
             freqs = self.rope((slots - cache.pad[:, None]).clamp(min=0))
@@ -601,4 +497,4 @@ class Transformer(nn.Module):
         cache.length = start + t
         if last_only:
             x = x[:, -1:]
-        return self._logits(x)
+        return self.head(self.norm(x))

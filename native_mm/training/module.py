@@ -27,7 +27,9 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
+from native_mm.checkpoint import WEIGHT_LAYOUT, model_state
 from native_mm.io import load_torch
+from native_mm.kernels import head_cross_entropy
 from native_mm.model import ModelConfig, Transformer
 from native_mm.vocab import MODALITIES, Vocab, VocabError, manifest_digest
 
@@ -60,50 +62,6 @@ def cosine_schedule(step: int, warmup: int, total: int, min_ratio: float) -> flo
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-class _HeadCrossEntropyFn(torch.autograd.Function):
-    """Output layer + cross-entropy + argmax over row chunks, gradients computed in the forward.
-
-    The ``(N, V)`` logits exist one chunk of rows at a time (as Liger-Kernel's fused linear
-    cross-entropy, Hsu et al. 2024), and each chunk takes one argmax, one log-softmax and
-    one exp + scale pass, in place of the unfused path's logsumexp, gather, argmax and their
-    backward passes over the full ``(B, T, V)`` tensor. The loss is
-    ``sum_i w_ce[i] ce[i] + w_z[i] lse[i]^2``, so ``d loss / d logits[i] =
-    (w_ce[i] + 2 w_z[i] lse[i]) softmax(logits[i]) - w_ce[i] onehot(target[i])``.
-    """
-
-    @staticmethod
-    def forward(ctx, h, weight, target, w_ce, w_z, rows: int, grad: bool):
-        # h (N, D) normed states, weight (D, V), target/w_ce/w_z (N,); grad: compute gradients
-        n = h.shape[0]
-        ce, lse = torch.empty(2, n, device=h.device)  # fp32 per-row loss and log-sum-exp
-        pred = torch.empty(n, dtype=torch.long, device=h.device)
-        gh, gw = torch.empty_like(h) if grad else None, None
-        for s in range(0, n, rows):
-            e = min(s + rows, n)
-            hc, tc = h[s:e], target[s:e, None]
-            logits = torch.mm(hc, weight).float()  # (R, V); no copy in fp32
-            pred[s:e] = logits.argmax(-1)
-            logp = torch.log_softmax(logits, -1)
-            ce[s:e] = -logp.gather(1, tc).squeeze(1)
-            lse[s:e] = logits.gather(1, tc).squeeze(1) + ce[s:e]
-            if grad:
-                c = (w_ce[s:e] + 2 * w_z[s:e] * lse[s:e])[:, None]  # (R, 1)
-                g = logp.exp_().mul_(c).scatter_add_(1, tc, -w_ce[s:e, None])  # d loss/d logits
-                gh[s:e] = torch.mm(g, weight.t())
-                gwc = torch.mm(hc.t(), g)  # (D, V)
-                gw = gwc if gw is None else gw.add_(gwc)
-        ctx.save_for_backward(gh, gw.to(weight.dtype) if grad else None)
-        ctx.mark_non_differentiable(ce, lse, pred)
-        return (ce * w_ce).sum() + (lse.square() * w_z).sum(), ce, lse, pred
-
-    @staticmethod
-    def backward(ctx, g, *_):
-        gh, gw = ctx.saved_tensors
-        if g.ne(1).item():  # e.g. a loss divided for gradient accumulation
-            gh, gw = gh * g, gw * g
-        return gh, gw, None, None, None, None, None
 
 
 class LanguageModule(L.LightningModule):
@@ -246,19 +204,18 @@ class LanguageModule(L.LightningModule):
         """Weighted loss ``sum(w_ce ce + w_z lse^2)``, per-token ce ``(B, T)`` and correct."""
         h = self.model.hidden(idx)  # (B, T, D)
         head = self.model.lm_head
-        if head is not None and (head._forward_hooks or head._forward_pre_hooks):
-            # hooks on the output layer see its logits: the plain path, logits materialised
-            logits = head(h).float()  # (B, T, V)
+        hooked = head is not None and bool(head._forward_hooks or head._forward_pre_hooks)
+        if hooked or self.config.kernels == "plain":
+            # the plain path, logits materialised (hooks on the output layer see them)
+            logits = self.model.head(h).float()  # (B, T, V)
             lse = torch.logsumexp(logits, dim=-1)
             ce = lse - logits.gather(-1, target[..., None]).squeeze(-1)
             loss = (ce * w_ce).sum() + (lse.square() * w_z).sum()
             return loss, ce.detach(), (logits.detach().argmax(-1) == target).float()
-        rows = max(1, 2**23 // self.config.padded_vocab_size)  # 32 MB of fp32 logits a chunk
-        weight = self.model.head_weight
-        grad = torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad)
-        loss, ce, _, pred = _HeadCrossEntropyFn.apply(
-            h.flatten(0, 1), weight, target.flatten(), w_ce.flatten(), w_z.flatten(), rows, grad
-        )
+        loss, ce, _, pred = head_cross_entropy(
+            h.flatten(0, 1), self.model.head_weight, target.flatten(), w_ce.flatten(),
+            w_z.flatten(),
+        )  # fmt: skip
         return loss, ce.view_as(target), (pred.view_as(target) == target).float()
 
     def _skip_nonfinite(self, what: str) -> None:
@@ -346,6 +303,7 @@ class LanguageModule(L.LightningModule):
         checkpoint["model_config"] = self.config.to_dict()
         checkpoint["vocab_manifest"] = self.hparams.vocab_manifest
         checkpoint["audio_levels"] = self.hparams.audio_levels
+        checkpoint["weight_layout"] = WEIGHT_LAYOUT
         # LightningCLI applies the DataModule links in a per-process order: sort, so the
         # same run writes the same bytes (equal dicts can pickle differently)
         hp = checkpoint.get("hyper_parameters")
@@ -356,14 +314,19 @@ class LanguageModule(L.LightningModule):
         self.nonfinite_steps = int(checkpoint.get("nonfinite_steps", 0))
         stored = checkpoint.get("vocab_manifest")
         check_vocab(stored, self.hparams.vocab_manifest, "checkpoint")
+        if checkpoint.get("weight_layout") != WEIGHT_LAYOUT:
+            raise ValueError(
+                "checkpoint: written before Linear weights took PyTorch's (out, in) layout; "
+                "its optimizer state cannot resume here (load it for inference, or start anew)"
+            )
         stored_cfg = checkpoint.get("model_config")
-        if stored_cfg is not None and stored_cfg != self.config.to_dict():
-            diff = {
-                k: (stored_cfg.get(k), v)
-                for k, v in self.config.to_dict().items()
-                if stored_cfg.get(k) != v
-            }
-            raise ValueError(f"checkpoint: model config differs from the current one {diff}")
+        if stored_cfg is not None:
+            # kernels picks an implementation, not a shape: a run may resume with the other
+            stored = ModelConfig.from_dict(stored_cfg, "checkpoint").to_dict()
+            now = self.config.to_dict()
+            diff = {k: (stored[k], v) for k, v in now.items() if stored[k] != v and k != "kernels"}
+            if diff:
+                raise ValueError(f"checkpoint: model config differs from the current one {diff}")
 
 
 def init_code_embeddings(
@@ -434,9 +397,8 @@ def load_model(
         raise ValueError(f"{path}: not a native-mm checkpoint (no model_config)")
     check_vocab(ckpt.get("vocab_manifest"), vocab_manifest, str(path))
     model = Transformer(ModelConfig.from_dict(ckpt["model_config"], source=str(path)))
-    state = {k[len("model.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     try:
-        model.load_state_dict(state)
+        model.load_state_dict(model_state(ckpt))
     except RuntimeError as e:
         raise ValueError(f"{path}: weights do not fit model_config ({e})") from None
     return model.eval(), ckpt.get("vocab_manifest") or {}
