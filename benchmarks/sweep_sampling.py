@@ -14,6 +14,7 @@ voice. The sampling seed differs from ``native-mm eval``'s (seed 0). The winners
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 from pathlib import Path
@@ -22,6 +23,7 @@ import torch
 
 from native_mm.apps.digits import evaluation as ev
 from native_mm.checkpoint import load_checkpoint
+from native_mm.layouts import AudioFrameMajor
 from native_mm.tokenizers.base import TokenizerSet
 
 
@@ -35,8 +37,8 @@ def main() -> None:
     p.add_argument("--top-k", nargs="+", type=int, default=[0], help="0 = all")
     p.add_argument("--items", type=int, default=100)
     p.add_argument("--audio-levels", type=int, default=None,
-                   help="RVQ levels per frame (default: the checkpoint's; checkpoints older "
-                        "than 093b12b do not record it: pass the recipe's 1)")  # fmt: skip
+                   help="RVQ levels per frame (default: the checkpoint's layout; checkpoints "
+                        "older than 093b12b do not record it: pass the recipe's 1)")  # fmt: skip
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--split", default="train", help="media prompts of this split (train = dev)")
     p.add_argument("--threads", type=int, default=2)
@@ -44,10 +46,12 @@ def main() -> None:
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     tokenizers = TokenizerSet.load(a.tokenizers)
-    model, _ = load_checkpoint(a.ckpt, tokenizers)
+    lm = load_checkpoint(a.ckpt, tokenizers)
+    layout = lm.layout
+    if a.audio_levels is not None:
+        layout = dataclasses.replace(layout, audio=AudioFrameMajor(a.audio_levels))
     judges = ev.Judges()
-    levels = model.audio_levels if a.audio_levels is None else a.audio_levels
-    base = ev.EvalConfig(max_items=a.items, audio_levels=levels, seed=a.seed)
+    base = ev.EvalConfig(max_items=a.items, seed=a.seed)
     items = ev.build_items(base, split=a.split)
     rows = []
     print("| direction | cfg | temperature | top_k | accuracy | seconds |")
@@ -56,7 +60,7 @@ def main() -> None:
         for cfg, temp, k in itertools.product(a.cfg, a.temperature, a.top_k):
             c = ev.EvalConfig(**{**vars(base), "cfg_scale": None if cfg == 1 else cfg,
                                  "temperature_media": temp, "top_k": k or None})  # fmt: skip
-            gen = ev.model_generator(model, tokenizers, c)
+            gen = ev.model_generator(lm.model, tokenizers, c, layout)
             r = ev.evaluate(gen, {d: items[d]}, judges, cfg=c, progress=False)["directions"][d]
             row = {"direction": d, "cfg": cfg, "temperature": temp, "top_k": k,
                    "accuracy": r["accuracy"], "seconds": r["seconds"]}  # fmt: skip

@@ -6,14 +6,16 @@ Reads the training checkpoint (Lightning ``.ckpt``) and the plain inference file
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from native_mm import kernels
 from native_mm.constraints import GenerationError
 from native_mm.io import load_torch, torch_bytes, write_checked
+from native_mm.layouts import Layout, LayoutError
 from native_mm.model import ModelConfig, Transformer
-from native_mm.sequence import SequenceCodec, SequenceError
+from native_mm.sequence import SequenceCodec
 from native_mm.vocab import Vocab, check_fingerprints
 
 
@@ -44,16 +46,30 @@ def model_state(ckpt: dict) -> dict:
     return state
 
 
+@dataclass
+class Pretrained:
+    """Everything generation needs from a checkpoint: the model (eval mode), the
+    vocabulary it reads and the media layouts it was trained on."""
+
+    model: Transformer
+    vocab: Vocab
+    layout: Layout
+
+    @property
+    def codec(self) -> SequenceCodec:
+        return SequenceCodec(self.vocab, self.layout)
+
+
 def load_checkpoint(
     path: str | Path, tokenizers: Any = None, map_location: str = "cpu"
-) -> tuple[Transformer, Vocab]:
+) -> Pretrained:
     """A model from a checkpoint, checked against a tokenizer set; Lightning not needed.
 
     Accepts the training checkpoint (Lightning ``.ckpt`` with top-level ``model_config``,
     ``vocab_manifest`` and a ``state_dict`` whose keys start with ``model.``) and a plain
     ``{"model_config", "manifest", "state_dict"}`` file (see :func:`save_checkpoint`).
-    The model's ``audio_levels`` (RVQ levels per frame it was trained on) comes from the
-    checkpoint's ``audio_levels`` when present.
+    The layout is the checkpoint's ``layout`` (older files: ``audio_levels``), its open
+    kinds filled with the vocabulary's defaults.
 
     Raises:
         FileNotFoundError: no such file.
@@ -85,23 +101,22 @@ def load_checkpoint(
         model.load_state_dict(model_state(ckpt))
     except RuntimeError as e:
         raise GenerationError(f"{path}: weights do not fit model_config ({e})") from None
-    levels = ckpt.get("audio_levels")  # absent in older checkpoints: all of the vocab's
-    if levels is not None:
-        try:
-            levels = SequenceCodec(vocab, int(levels)).audio_levels  # checks the range
-        except SequenceError as e:
-            raise GenerationError(f"{path}: {e}") from None
-    model.audio_levels = levels
+    try:
+        layout = Layout.from_manifest(ckpt, "layout").resolved(vocab)
+    except LayoutError as e:
+        raise GenerationError(f"{path}: {e}") from None
     if config.kernels == "auto":
         kernels.decode_layout(model)  # inference: same values, faster CPU decoding
-    return model.eval(), vocab
+    return Pretrained(model.eval(), vocab, layout)
 
 
-def save_checkpoint(path: str | Path, model: Transformer, manifest: dict) -> None:
+def save_checkpoint(
+    path: str | Path, model: Transformer, manifest: dict, layout: Layout | None = None
+) -> None:
     """Write the plain inference checkpoint read by :func:`load_checkpoint` (atomically,
     with its sha256 in ``NAME.sha256.json`` beside it)."""
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     obj = {"model_config": model.config.to_dict(), "manifest": manifest,
-           "audio_levels": model.audio_levels, "weight_layout": WEIGHT_LAYOUT,
+           "layout": (layout or Layout()).to_dict(), "weight_layout": WEIGHT_LAYOUT,
            "state_dict": state}  # fmt: skip
     write_checked(path, torch_bytes(obj))

@@ -69,6 +69,7 @@ class DecodeConstraint:
 
     def __init__(self, codec: SequenceCodec, batch_size: int, width: int, spec: OutputSpec):
         v, self.codec, self.spec = codec.vocab, codec, spec
+        self.layout = codec.layout  # what may come inside an image or audio span
         self.q = codec.audio_levels
         grid_r = v.ranges["image_grid"]
         self.g0, self.n_grid = grid_r.start, grid_r.size
@@ -103,15 +104,15 @@ class DecodeConstraint:
         self.base = base
         # (Q, width): the ids of audio level q.
         self.levels = torch.zeros(max(self.q, 1), width, dtype=torch.bool)
-        for q in range(self.q):
-            r = v.audio_range(q)
-            self.levels[q, r.start : r.stop] = True
+        for q, start in enumerate(self.layout.audio.offsets(v) if self.q else []):
+            self.levels[q, start : start + v.audio_codes] = True
         self.valid = torch.zeros(width, dtype=torch.bool)
         self.valid[: v.size] = True
         # Shortest spans the budget must hold before an opener is allowed.
-        hw = spec.image_size[0] * spec.image_size[1] if spec.image_size else 1
-        self.min_image_span = hw + 4  # <boi> h w codes <eoi>
-        self.min_audio_span = (spec.audio_frames or 1) * self.q + 2  # <boa> frames <eoa>
+        h, w = spec.image_size or (1, 1)
+        self.min_image_span = self.layout.image.span_length(h, w) if self.layout.image else 0
+        frames = spec.audio_frames or 1
+        self.min_audio_span = self.layout.audio.span_length(frames) if self.q else 0
 
     def advance(self, tokens: Tensor, active: Tensor | None = None) -> None:
         """Move every active row's state past its token ``(B,)``."""
@@ -183,7 +184,7 @@ class DecodeConstraint:
     def _audio_rows(self, mask: Tensor, budget: int) -> None:
         """The level of audio position i is i mod Q; ``<eoa>`` only at a frame boundary."""
         aud, spec = self.state == AUDIO_STATE, self.spec
-        level = self.count % self.q
+        level = self.layout.audio.level_at(self.count)
         mask |= self.levels[level] & aud[:, None]
         boundary = aud & (level == 0)
         if spec.audio_frames:

@@ -49,6 +49,7 @@ from native_mm.constraints import (
     GenerationError,
     OutputSpec,
 )
+from native_mm.layouts import Layout
 from native_mm.model import Transformer
 from native_mm.sequence import SequenceCodec, Span
 from native_mm.tokenizers.base import Waveform
@@ -139,6 +140,11 @@ class GeneratedIds:
     finish_reason: str  # "stop_token", "span_closed" or "length"
 
 
+def as_codec(codec: SequenceCodec | Vocab) -> SequenceCodec:
+    """A codec as given, or a vocabulary's default one."""
+    return codec if isinstance(codec, SequenceCodec) else SequenceCodec(codec)
+
+
 def _as_prompts(prompt_ids: Sequence[Any], vocab: Vocab) -> list[Tensor]:
     prompts = [torch.as_tensor(np.asarray(p), dtype=torch.long).reshape(-1) for p in prompt_ids]
     if not prompts:
@@ -165,10 +171,9 @@ def _left_pad(rows: list[Tensor]) -> tuple[Tensor, Tensor]:
 def stream_ids(
     model: Transformer,
     prompt_ids: Sequence[Any],
-    vocab: Vocab,
+    codec: SequenceCodec | Vocab,
     output: OutputSpec | None = None,
     sampling: SamplingConfig | None = None,
-    audio_levels: int | None = None,
 ) -> Iterator[StepEvent]:
     """Generate from a batch of prompts, yielding a :class:`StepEvent` per step.
 
@@ -176,15 +181,15 @@ def stream_ids(
         model: the transformer (put in eval mode by the caller).
         prompt_ids: B prompts, each a 1-D sequence of shared-vocabulary ids (usually
             starting with ``<bos>``); lengths may differ.
-        vocab: the shared vocabulary the model was trained on.
+        codec: the vocabulary and media layouts the model was trained on (a bare
+            :class:`Vocab` means its default layouts, every audio level).
         output: what to generate; a forced image/audio modality appends the span opener
             to every prompt and stops each row when that span closes.
         sampling: temperature, top-k/p, seed, guidance scale, cache use.
-        audio_levels: RVQ levels per audio frame (default: the vocabulary's).
     """
     output, sampling = output or OutputSpec(), sampling or SamplingConfig()
-    codec = SequenceCodec(vocab, audio_levels)
-    prompts = _as_prompts(prompt_ids, vocab)
+    codec = as_codec(codec)
+    prompts = _as_prompts(prompt_ids, codec.vocab)
     opener = MODALITY_OPENERS.get(output.modality or "")
     if opener is not None:
         prompts = [torch.cat([p, torch.tensor([opener])]) for p in prompts]
@@ -316,10 +321,9 @@ def _collect_spans(
 def generate_ids(
     model: Transformer,
     prompt_ids: Sequence[Any],
-    vocab: Vocab,
+    codec: SequenceCodec | Vocab,
     output: OutputSpec | None = None,
     sampling: SamplingConfig | None = None,
-    audio_levels: int | None = None,
 ) -> list[GeneratedIds]:
     """Run :func:`stream_ids` to the end; one :class:`GeneratedIds` per prompt."""
     output = output or OutputSpec()
@@ -332,7 +336,7 @@ def generate_ids(
         ids = [[opener] for _ in range(b)]
     stop = set(output.stop_tokens)
     alive = [True] * b
-    for event in stream_ids(model, prompt_ids, vocab, output, sampling, audio_levels):
+    for event in stream_ids(model, prompt_ids, codec, output, sampling):
         for r in range(b):
             if alive[r]:
                 t = int(event.tokens[r])
@@ -377,10 +381,10 @@ def _segment_kind_value(seg: Any, k: int) -> tuple[str, Any]:
 
 
 def encode_prompt(
-    prompt_segments: Sequence[Any], tokenizers: Any, audio_levels: int | None = None
+    prompt_segments: Sequence[Any], tokenizers: Any, layout: Layout | None = None
 ) -> np.ndarray:
     """Prompt segments -> ids ``(L,)``: ``<bos>`` then each segment's span, no ``<eos>``
-    (audio as ``audio_levels`` RVQ levels per frame; None = all of the vocabulary's).
+    (media in ``layout``; None = the vocabulary's default layouts).
 
     Raises:
         PromptError: unknown kind, missing media file, or media its tokenizer rejects
@@ -405,7 +409,7 @@ def encode_prompt(
         except (ValueError, OSError) as e:  # MediaError is a ValueError
             raise PromptError(f"{where}: {e}") from None
         spans.append(Span(kind, codes))
-    return SequenceCodec(tokenizers.vocab, audio_levels).encode(spans, bos=True, eos=False).ids
+    return SequenceCodec(tokenizers.vocab, layout).encode(spans, bos=True, eos=False).ids
 
 
 def audio_frames_for(seconds: float, tokenizers: Any) -> int:
@@ -424,12 +428,13 @@ def stream(
     output: OutputSpec | None = None,
     sampling: SamplingConfig | None = None,
     num_samples: int = 1,
+    layout: Layout | None = None,
 ) -> Iterator[tuple[int, Any]]:
     """Yield ``(sample index, decoded output)`` as soon as each segment finishes."""
     check_model_vocab(model, tokenizers.vocab)
-    q = model.audio_levels
-    prompt = encode_prompt(prompt_segments, tokenizers, q)
-    for event in stream_ids(model, [prompt] * num_samples, tokenizers.vocab, output, sampling, q):
+    codec = SequenceCodec(tokenizers.vocab, layout)
+    prompt = encode_prompt(prompt_segments, tokenizers, codec.layout)
+    for event in stream_ids(model, [prompt] * num_samples, codec, output, sampling):
         for r, span in event.spans:
             yield r, tokenizers[span.kind].decode(span.codes)
 
@@ -441,6 +446,7 @@ def generate(
     output: OutputSpec | None = None,
     sampling: SamplingConfig | None = None,
     num_samples: int = 1,
+    layout: Layout | None = None,
 ) -> list[Generation]:
     """Interleaved prompt in, decoded outputs out.
 
@@ -452,6 +458,8 @@ def generate(
         output: what to generate (forced modality, image size, audio frames).
         sampling: sampling options.
         num_samples: samples drawn for the prompt (one batch).
+        layout: the media layouts the model was trained on (``load_checkpoint(...).layout``;
+            None = the vocabulary's defaults).
 
     Returns:
         One :class:`Generation` per sample; ``outputs`` are decoded with
@@ -460,9 +468,9 @@ def generate(
     from native_mm.sequence import decode_spans
 
     check_model_vocab(model, tokenizers.vocab)
-    q = model.audio_levels
-    prompt = encode_prompt(prompt_segments, tokenizers, q)
-    rows = generate_ids(model, [prompt] * num_samples, tokenizers.vocab, output, sampling, q)
+    codec = SequenceCodec(tokenizers.vocab, layout)
+    prompt = encode_prompt(prompt_segments, tokenizers, codec.layout)
+    rows = generate_ids(model, [prompt] * num_samples, codec, output, sampling)
     return [
         Generation(decode_spans(g.spans, tokenizers), g.spans, g.ids, g.finish_reason) for g in rows
     ]
@@ -547,7 +555,7 @@ def main(argv: list[str] | None = None, prog: str = "native-mm generate") -> int
     from native_mm.tokenizers.base import TokenizerSet
 
     tokenizers = TokenizerSet.load(args.tokenizers)
-    model, _ = load_checkpoint(args.ckpt, tokenizers)
+    lm = load_checkpoint(args.ckpt, tokenizers)
     modality = None if args.output_modality == "any" else args.output_modality
     frames = None
     if args.audio_seconds is not None:
@@ -566,7 +574,9 @@ def main(argv: list[str] | None = None, prog: str = "native-mm generate") -> int
     out.mkdir(parents=True, exist_ok=True)
     count = [0] * args.num_samples
     # Streamed: each output file is written (and printed) as soon as its segment finishes.
-    for r, media in stream(model, segments, tokenizers, output, sampling, args.num_samples):
+    for r, media in stream(
+        lm.model, segments, tokenizers, output, sampling, args.num_samples, lm.layout
+    ):
         print(save_media(out / f"sample{r}_{count[r]}", media), flush=True)
         count[r] += 1
     return 0

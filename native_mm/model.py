@@ -336,9 +336,6 @@ class Transformer(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        # RVQ levels per audio frame in the training data (None = all of the vocabulary's);
-        # a data layout, not a shape: set from the checkpoint by load_checkpoint
-        self.audio_levels: int | None = None
         self.wte = nn.Embedding(config.padded_vocab_size, config.n_embd)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.norm = RMSNorm(config.n_embd, config.norm_eps, config.kernels == "auto")

@@ -24,14 +24,20 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from einops import rearrange
 
+from native_mm.layouts import Layout, LayoutError, close
 from native_mm.vocab import BOA, BOI, BOS, EOA, EOI, EOS, PAD, SEP, UNCOND, Vocab
 
 if TYPE_CHECKING:  # tokenizers import sequence-free code only; keep the arrow one-way
     from native_mm.tokenizers.base import TokenizerSet
 
 KINDS = ("text", "image", "audio")
+
+
+def media_closer(opener: int) -> int:
+    return EOI if opener == BOI else EOA
+
+
 _CONTROL = (PAD, SEP, UNCOND)
 
 
@@ -85,60 +91,38 @@ class DecodeReport:
 
 
 class SequenceCodec:
-    """Spans <-> ids for one vocabulary.
+    """Spans <-> ids for one vocabulary and one :class:`~native_mm.layouts.Layout`.
 
     Args:
         vocab: the shared vocabulary.
-        audio_levels: RVQ levels written per audio frame (default: all of the vocab's).
-            Fewer levels is an explicit option (a coarser, shorter audio layout); extra
-            levels of an encoded clip are then dropped on encode.
+        layout: the media layouts (None: the vocabulary's defaults, all audio levels);
+            kinds the layout leaves open are filled with the defaults.
     """
 
-    def __init__(self, vocab: Vocab, audio_levels: int | None = None) -> None:
+    def __init__(self, vocab: Vocab, layout: Layout | None = None) -> None:
         self.vocab = vocab
-        self.audio_levels = vocab.audio_levels if audio_levels is None else audio_levels
-        if not 0 <= self.audio_levels <= vocab.audio_levels:
-            raise SequenceError(
-                f"audio_levels={audio_levels} but the vocabulary has {vocab.audio_levels} levels"
-            )
-        r = vocab.ranges
-        self.t0, self.g0 = r["text"].start, r["image_grid"].start
-        self.i0 = r["image"].start
-        self.a0 = r["audio0"].start if vocab.audio_levels else 0
+        try:
+            self.layout = (layout or Layout()).resolved(vocab)
+        except LayoutError as e:
+            raise SequenceError(str(e)) from None
+        self.t0 = vocab.ranges["text"].start
 
-    # ---- per-modality layouts ----------------------------------------------------------
-    def image_prefix(self, h: int, w: int) -> list[int]:
-        """``<boi>`` and the two grid tokens that open an ``h`` x ``w`` image span."""
-        g = self.vocab.image_max_grid
-        if not self.vocab.image_codes:
-            raise SequenceError("this vocabulary has no image range")
-        if not (1 <= h <= g and 1 <= w <= g):
-            raise SequenceError(f"image grid {h}x{w} outside 1..{g} (vocab image_max_grid)")
-        return [BOI, self.g0 + h - 1, self.g0 + w - 1]
-
-    def audio_offsets(self) -> np.ndarray:
-        """``(Q,)`` first id of each audio level's range."""
-        return self.a0 + np.arange(self.audio_levels) * self.vocab.audio_codes
+    @property
+    def audio_levels(self) -> int:
+        """RVQ levels a frame in this layout (0 when the vocabulary has no audio)."""
+        return self.layout.audio.levels if self.layout.audio else 0
 
     def _span_ids(self, span: Span) -> np.ndarray:
         c, v = span.codes, self.vocab
         if span.kind == "text":
             _check_codes(c, v.text_size, "text")
             return self.t0 + c
-        if span.kind == "image":
-            _check_codes(c, v.image_codes, "image")
-            body = self.i0 + rearrange(c, "h w -> (h w)")
-            return np.concatenate([self.image_prefix(*c.shape), body, [EOI]])
-        if not self.audio_levels:
-            raise SequenceError("this vocabulary/codec has no audio levels")
-        if c.shape[0] < self.audio_levels:
-            raise SequenceError(
-                f"audio span has {c.shape[0]} levels, the layout needs {self.audio_levels}"
-            )
-        c = c[: self.audio_levels]
-        _check_codes(c, v.audio_codes, "audio")
-        body = rearrange(c + self.audio_offsets()[:, None], "q t -> (t q)")  # frame-major
-        return np.concatenate([[BOA], body, [EOA]])
+        size = v.image_codes if span.kind == "image" else v.audio_codes
+        _check_codes(c, size, span.kind)
+        try:
+            return self.layout.media(span.kind).encode(c, v)
+        except LayoutError as e:
+            raise SequenceError(str(e)) from None
 
     # ---- spans -> ids ------------------------------------------------------------------
     def encode(
@@ -208,12 +192,17 @@ class SequenceCodec:
                 continue
             flush_text()
             if tok in (BOI, BOA):
-                parse = self._parse_image if tok == BOI else self._parse_audio
-                span, i, err = parse(ids, i)
+                kind = "image" if tok == BOI else "audio"
+                media = getattr(self.layout, kind)
+                if media is None:
+                    fail(f"position {i}: an {kind} span, but this vocabulary has no {kind} range")
+                    i = close(ids, i, media_closer(tok))[0]
+                    continue
+                codes, i, err = media.decode(ids, i, v)
                 if err:
                     fail(err)
-                elif span is not None:
-                    report.spans.append(span)
+                else:
+                    report.spans.append(Span(kind, codes))
             elif tok == BOS and i == 0 or tok in _CONTROL:
                 i += 1
             elif tok == EOS:
@@ -222,93 +211,10 @@ class SequenceCodec:
                     fail(f"position {i + 1}: tokens after <eos> (only <pad> may follow)")
                 break
             else:
-                fail(f"position {i}: id {tok} ({self._describe(tok)}) outside any span")
+                fail(f"position {i}: id {tok} ({v.describe(tok)}) outside any span")
                 i += 1
         flush_text()
         return report
-
-    def _parse_image(self, ids: np.ndarray, start: int) -> tuple[Span | None, int, str]:
-        """Parse the image span opening at ``start`` -> (span or None, next index, error)."""
-        v = self.vocab
-        grid_r, code_r = v.ranges["image_grid"], v.ranges["image"]
-        end, closed = self._close(ids, start, EOI)
-        if start + 2 >= end - closed:
-            return None, end, f"position {start}: image span cut off before its grid tokens"
-        gh, gw = int(ids[start + 1]), int(ids[start + 2])
-        if gh not in grid_r or gw not in grid_r:
-            got = f"{self._describe(gh)}, {self._describe(gw)}"
-            return None, end, f"position {start + 1}: image span needs two grid tokens, got {got}"
-        h, w = gh - grid_r.start + 1, gw - grid_r.start + 1
-        body = ids[start + 3 : end - closed]
-        if not closed:
-            return (
-                None,
-                end,
-                (
-                    f"position {start}: image span {h}x{w} not closed by <eoi> "
-                    f"({len(body)} of {h * w} codes)"
-                ),
-            )
-        if len(body) != h * w:
-            return (
-                None,
-                end,
-                (f"position {start}: image span {h}x{w} has {len(body)} codes, needs {h * w}"),
-            )
-        bad = np.flatnonzero((body < code_r.start) | (body >= code_r.stop))
-        if bad.size:
-            p = start + 3 + int(bad[0])
-            return None, end, f"position {p}: {self._describe(int(ids[p]))} inside an image span"
-        codes = rearrange(body - code_r.start, "(h w) -> h w", h=h, w=w)
-        return Span("image", codes), end, ""
-
-    def _parse_audio(self, ids: np.ndarray, start: int) -> tuple[Span | None, int, str]:
-        """Parse the audio span opening at ``start`` -> (span or None, next index, error)."""
-        q = self.audio_levels
-        end, closed = self._close(ids, start, EOA)
-        body = ids[start + 1 : end - closed]
-        if not closed:
-            return (
-                None,
-                end,
-                (f"position {start}: audio span not closed by <eoa> ({len(body)} codes)"),
-            )
-        if q == 0 or len(body) % q:
-            return (
-                None,
-                end,
-                (
-                    f"position {start}: audio span of {len(body)} codes is not whole frames "
-                    f"of {q} levels"
-                ),
-            )
-        local = body - np.tile(self.audio_offsets(), len(body) // q)  # level = pos % q
-        bad = np.flatnonzero((local < 0) | (local >= self.vocab.audio_codes))
-        if bad.size:
-            p = start + 1 + int(bad[0])
-            return (
-                None,
-                end,
-                (
-                    f"position {p}: {self._describe(int(ids[p]))} where audio level "
-                    f"{int(bad[0]) % q} was expected"
-                ),
-            )
-        return Span("audio", rearrange(local, "(t q) -> q t", q=q)), end, ""
-
-    @staticmethod
-    def _close(ids: np.ndarray, start: int, closer: int) -> tuple[int, bool]:
-        """(index just past the first ``closer`` after ``start``, found) or (len, False)."""
-        hits = np.flatnonzero(ids[start + 1 :] == closer)
-        return (start + 2 + int(hits[0]), True) if hits.size else (len(ids), False)
-
-    def _describe(self, tok: int) -> str:
-        if tok < len(self.vocab.specials):
-            return self.vocab.specials[tok]
-        for r in self.vocab.ranges.values():
-            if tok in r:
-                return f"{r.name} id {tok}"
-        return f"id {tok}"
 
 
 def _check_codes(codes: np.ndarray, size: int, kind: str) -> None:

@@ -118,6 +118,15 @@ class Vocab:
     def audio_range(self, level: int) -> Range:
         return self.range(f"audio{level}")
 
+    def describe(self, token: int) -> str:
+        """A human name for an id, for error messages ("<eoi>", "image id 300")."""
+        if 0 <= token < len(self.specials):
+            return self.specials[token]
+        for r in self.ranges.values():
+            if token in r:
+                return f"{r.name} id {token}"
+        return f"id {token}"
+
     def special_id(self, token: str) -> int:
         try:
             return self.specials.index(token)

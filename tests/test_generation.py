@@ -23,6 +23,7 @@ from native_mm.generation import (
     save_outputs,
     stream,
 )
+from native_mm.layouts import AudioFrameMajor, Layout
 from native_mm.model import ModelConfig, Transformer
 from native_mm.sequence import SequenceCodec
 from native_mm.tokenizers.base import TokenizerSet, Waveform
@@ -393,11 +394,11 @@ def test_checkpoint_roundtrip_and_tokenizer_mismatch(mm_model, tokenizers, tmp_p
 
     ckpt = tmp_path / "model.pt"
     save_checkpoint(ckpt, mm_model, tokenizers.manifest())
-    loaded, vocab = load_checkpoint(ckpt, tokenizers)
-    assert vocab == tokenizers.vocab
-    idx = torch.randint(0, vocab.size, (1, 12))
+    lm = load_checkpoint(ckpt, tokenizers)
+    assert lm.vocab == tokenizers.vocab and lm.layout == Layout.for_vocab(lm.vocab)
+    idx = torch.randint(0, lm.vocab.size, (1, 12))
     with torch.no_grad():
-        torch.testing.assert_close(loaded(idx), mm_model(idx))
+        torch.testing.assert_close(lm.model(idx), mm_model(idx))
     torch.manual_seed(123)  # same shapes, other weights -> other fingerprint
     other_image = ImageTokenizer(tokenizers.image.config)
     assert isinstance(other_image.config, ImageConfig)
@@ -412,19 +413,26 @@ def test_checkpoint_roundtrip_and_tokenizer_mismatch(mm_model, tokenizers, tmp_p
         load_checkpoint(junk)
 
 
-def test_checkpoint_carries_the_audio_levels_and_refuses_impossible_ones(
+def test_checkpoint_carries_the_layout_and_refuses_impossible_ones(
     mm_model, tokenizers, tmp_path
 ) -> None:
+    """The layout saved with the model comes back; generation then follows it unasked."""
     ckpt = tmp_path / "model.pt"
-    mm_model.audio_levels = 1
-    try:
-        save_checkpoint(ckpt, mm_model, tokenizers.manifest())
-        assert load_checkpoint(ckpt, tokenizers)[0].audio_levels == 1
-        mm_model.audio_levels = tokenizers.vocab.audio_levels + 1
-        save_checkpoint(ckpt, mm_model, tokenizers.manifest())
-    finally:
-        mm_model.audio_levels = None  # the fixture is shared
+    one = Layout(audio=AudioFrameMajor(1))
+    save_checkpoint(ckpt, mm_model, tokenizers.manifest(), one)
+    lm = load_checkpoint(ckpt, tokenizers)
+    assert lm.layout.audio == AudioFrameMajor(1) and lm.codec.audio_levels == 1
+    (g,) = generate(lm.model, [("text", "one")], tokenizers, OutputSpec("audio", audio_frames=3),
+                    SamplingConfig(max_new_tokens=8, seed=0), layout=lm.layout)  # fmt: skip
+    assert g.spans[0].codes.shape == (1, 3)
+    too_many = Layout(audio=AudioFrameMajor(tokenizers.vocab.audio_levels + 1))
+    save_checkpoint(ckpt, mm_model, tokenizers.manifest(), too_many)
     with pytest.raises(GenerationError, match=r"model\.pt: audio_levels=\d+ but the vocab"):
+        load_checkpoint(ckpt, tokenizers)
+    torch.save({**torch.load(ckpt, weights_only=True), "layout": {"audio": {"name": "zigzag"}}},
+               ckpt)  # fmt: skip
+    (ckpt.parent / "model.pt.sha256.json").unlink(missing_ok=True)
+    with pytest.raises(GenerationError, match="no audio layout named 'zigzag'"):
         load_checkpoint(ckpt, tokenizers)
 
 
@@ -474,7 +482,7 @@ def test_loads_the_training_checkpoint_layout(mm_model, tokenizers, tmp_path, la
         },
         ckpt,
     )
-    loaded, _ = load_checkpoint(ckpt, tokenizers)
+    loaded = load_checkpoint(ckpt, tokenizers).model
     for name, tensor in mm_model.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[name], tensor)
 
@@ -488,8 +496,9 @@ def test_generates_from_a_real_training_checkpoint(tmp_path) -> None:
     shards = corpus_shards(tmp_path / "data", n_docs=12)
     make_cli(fit_args(shards, tmp_path / "run", 2))
     tokenizers = tokenizer_set()
-    model, vocab = load_checkpoint(tmp_path / "run/checkpoints/last.ckpt", tokenizers)
-    assert vocab == tokenizers.vocab and model.config.block_size == 32
+    lm = load_checkpoint(tmp_path / "run/checkpoints/last.ckpt", tokenizers)
+    model = lm.model
+    assert lm.vocab == tokenizers.vocab and model.config.block_size == 32
     output = OutputSpec("image", image_size=(2, 3))
     sampling = SamplingConfig(max_new_tokens=16, seed=0, cfg_scale=3.0)
     gens = generate(model, [("text", "a cat")], tokenizers, output, sampling, num_samples=3)

@@ -137,18 +137,19 @@ def test_smoke_pipeline_every_stage(tmp_path: Path) -> None:
     from native_mm.tokenizers.base import TokenizerSet, Waveform
 
     levels = recipe["tokenize"]["audio_levels"]
-    assert json.loads((out / "shards/manifest.json").read_text())["audio_levels"] == levels
+    shard_layout = json.loads((out / "shards/manifest.json").read_text())["layout"]
+    assert shard_layout["audio"] == {"name": "frame_major", "levels": levels}
     tset = TokenizerSet.load(out / "tokenizers/set")
-    model, vocab = load_checkpoint(out / "lm/checkpoints/last.ckpt", tset)
-    assert model.audio_levels == levels < vocab.audio_levels
-    (g,) = generate(model, [("text", "say one")], tset, OutputSpec("audio", audio_frames=4),
-                    SamplingConfig(max_new_tokens=32, seed=0))  # fmt: skip
+    lm = load_checkpoint(out / "lm/checkpoints/last.ckpt", tset)
+    assert lm.layout.audio.levels == levels < lm.vocab.audio_levels
+    (g,) = generate(lm.model, [("text", "say one")], tset, OutputSpec("audio", audio_frames=4),
+                    SamplingConfig(max_new_tokens=32, seed=0), layout=lm.layout)  # fmt: skip
     (span,) = g.spans
     assert span.codes.shape == (levels, 4) and isinstance(g.outputs[0], Waveform)
     alone = evaluate_checkpoint(out / "lm/checkpoints/last.ckpt", out / "tokenizers/set",
                                 tmp_path / "eval2", EvalConfig(max_items=2, batch_size=2,
                                 audio_max_seconds=0.3), progress=False)  # fmt: skip
-    assert alone["config"]["audio_levels"] == levels
+    assert alone["layout"]["audio"]["levels"] == levels
     # `native-mm eval --config RECIPE` takes the recipe's eval settings; flags win
     from native_mm.apps.digits.evaluation import main as eval_main
 
@@ -157,8 +158,9 @@ def test_smoke_pipeline_every_stage(tmp_path: Path) -> None:
                       str(out / "tokenizers/set"), "--out", str(tmp_path / "eval3"),
                       "--config", str(RECIPE), "--max-items", "2", "--batch-size", "2",
                       "--audio-max-seconds", "0.3"]) == 0  # fmt: skip
-    cfg = json.loads((tmp_path / "eval3/eval.json").read_text())["config"]
-    assert cfg["max_items"] == 2 and cfg["audio_levels"] == levels
+    eval3 = json.loads((tmp_path / "eval3/eval.json").read_text())
+    cfg = eval3["config"]
+    assert cfg["max_items"] == 2 and eval3["layout"]["audio"]["levels"] == levels
     assert (cfg["cfg_scale_image"], cfg["cfg_scale_audio"]) == (
         full["cfg_scale_image"], full["cfg_scale_audio"]) != (None, None)  # fmt: skip
     # a second run finds every artifact and skips every stage
@@ -171,7 +173,7 @@ def test_recipe_eval_settings_and_a_bad_key(tmp_path: Path) -> None:
 
     recipe = load_recipe(RECIPE)
     cfg, _ = eval_settings(recipe, max_items=7)
-    assert cfg.max_items == 7 and cfg.audio_levels == recipe["tokenize"]["audio_levels"]
+    assert cfg.max_items == 7
     assert cfg.temperature_media == recipe["eval"]["temperature_media"]
     bad = tmp_path / "bad.yaml"
     bad.write_text(RECIPE.read_text().replace("  max_items: 150", "  max_itmes: 150", 1))

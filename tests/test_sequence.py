@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from native_mm.layouts import AudioFrameMajor, Layout
 from native_mm.sequence import SequenceCodec, SequenceError, Span, decode_spans, encode_document
 from native_mm.tokenizers.base import TokenizerSet
 from native_mm.vocab import AUDIO, BOA, BOI, BOS, EOA, EOI, EOS, IMAGE, PAD, TEXT, Vocab
@@ -79,13 +80,13 @@ def test_loss_mask_follows_segment_flags():
 
 
 def test_first_levels_layout_is_an_explicit_option():
-    codec = SequenceCodec(VOCAB, audio_levels=1)
+    codec = SequenceCodec(VOCAB, Layout(audio=AudioFrameMajor(1)))
     aud = np.array([[1, 2], [3, 4], [5, 6]])
     enc = codec.encode([Span("audio", aud)], bos=False, eos=False)
     assert len(enc.ids) == 2 + 2
     assert codec.decode(enc.ids) == [Span("audio", aud[:1])]
     with pytest.raises(SequenceError, match="audio_levels"):
-        SequenceCodec(VOCAB, audio_levels=4)
+        SequenceCodec(VOCAB, Layout(audio=AudioFrameMajor(4)))
 
 
 def ids_of(*spans):

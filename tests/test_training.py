@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from native_mm.layouts import AudioFrameMajor, Layout
 from native_mm.model import ModelConfig
 from native_mm.training.cli import make_cli
 from native_mm.training.data import (
@@ -124,21 +125,23 @@ def test_mixture_weights(tmp_path):
     assert abs(frac_a - 0.75) < 0.04
 
 
-def test_sources_must_agree_on_audio_levels(tmp_path):
-    """Shards record their audio layout; audio-free ones leave it open; a conflict names both."""
+def test_sources_must_agree_on_the_layout(tmp_path):
+    """Shards record their layout; audio-free ones leave audio open; a conflict names both."""
+    one = Layout(audio=AudioFrameMajor(1))
     vocab = Vocab(text_size=50, audio_codes=8, audio_levels=4)
     t0, a0 = vocab.ranges["text"].start, vocab.audio_range(0).start
     text = [(np.array([BOS, t0, t0, 2]), np.ones(4, bool))] * 4
     audio = [(np.array([BOS, BOA, a0, EOA, 2]), np.ones(5, bool))] * 4
-    write_shards_from_ids(tmp_path / "t", text, vocab, source="t", audio_levels=1)
-    write_shards_from_ids(tmp_path / "a1", audio, vocab, source="a1", audio_levels=1)
+    write_shards_from_ids(tmp_path / "t", text, vocab, source="t", layout=one)
+    write_shards_from_ids(tmp_path / "a1", audio, vocab, source="a1", layout=one)
     write_shards_from_ids(tmp_path / "a4", audio, vocab, source="a4")
-    assert ShardSet(tmp_path / "t").manifest["audio_levels"] is None  # no audio tokens
-    assert ShardSet(tmp_path / "a4").manifest["audio_levels"] == 4  # None = all of the vocab's
+    assert ShardSet(tmp_path / "t").manifest["layout"]["audio"] is None  # no audio tokens
+    a4 = ShardSet(tmp_path / "a4").manifest["layout"]["audio"]
+    assert a4 == {"name": "frame_major", "levels": 4}  # None = all of the vocab's
     mixed = ShardDataModule([SourceSpec(str(tmp_path / "t")), SourceSpec(str(tmp_path / "a1"))])
-    assert mixed.audio_levels == 1
-    assert ShardDataModule([SourceSpec(str(tmp_path / "t"))]).audio_levels is None
-    with pytest.raises(ShardError, match="different audio RVQ levels") as err:
+    assert Layout.from_dict(mixed.layout).audio == AudioFrameMajor(1)
+    assert ShardDataModule([SourceSpec(str(tmp_path / "t"))]).layout["audio"] is None
+    with pytest.raises(ShardError, match="different audio layouts") as err:
         ShardDataModule([SourceSpec(str(tmp_path / "a1"))], [SourceSpec(str(tmp_path / "a4"))])
     assert "a1" in str(err.value) and "a4" in str(err.value)
 

@@ -34,8 +34,8 @@ def _vocab_manifest(data: ShardDataModule) -> dict:
     return data.vocab_manifest
 
 
-def _audio_levels(data: ShardDataModule) -> int | None:
-    return data.audio_levels
+def _layout(data: ShardDataModule) -> dict:
+    return data.layout
 
 
 class FitCLI(LightningCLI):
@@ -58,9 +58,7 @@ class FitCLI(LightningCLI):
         parser.link_arguments(
             "data", "model.vocab_manifest", compute_fn=_vocab_manifest, apply_on="instantiate"
         )
-        parser.link_arguments(
-            "data", "model.audio_levels", compute_fn=_audio_levels, apply_on="instantiate"
-        )
+        parser.link_arguments("data", "model.layout", compute_fn=_layout, apply_on="instantiate")
 
     def before_instantiate_classes(self) -> None:
         run = self.config[self.subcommand]["run"] if self.subcommand else self.config["run"]

@@ -44,8 +44,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from native_mm.layouts import Layout, LayoutError
 from native_mm.training.shards import ShardError, ShardSet
-from native_mm.vocab import BOA, BOI, BOS, EOA, EOI, EOS, manifest_digest
+from native_mm.vocab import BOS, EOS, manifest_digest
 
 
 @dataclass
@@ -63,26 +64,13 @@ class DropoutConfig:
         )
 
 
-def _spans(ids: np.ndarray) -> list[tuple[int, int, str]]:
-    """Media spans of one document as ``(start, stop, kind)``, stop exclusive."""
-    out = []
-    for opener, closer, kind in ((BOI, EOI, "image"), (BOA, EOA, "audio")):
-        starts = np.flatnonzero(ids == opener)
-        stops = np.flatnonzero(ids == closer)
-        for s in starts:
-            after = stops[stops > s]
-            if after.size:
-                out.append((int(s), int(after[0]) + 1, kind))
-    return sorted(out)
-
-
 def transform_document(
     ids: np.ndarray, loss: np.ndarray, cfg: DropoutConfig, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
     """Apply modality and conditioning dropout to one document (see module docstring)."""
     if not cfg.active():
         return ids, loss
-    spans = _spans(ids)
+    spans = Layout().find_spans(ids)
     if not spans:
         return ids, loss
     bos = 1 if len(ids) and ids[0] == BOS else 0
@@ -276,11 +264,14 @@ class ShardDataModule(L.LightningDataModule):
                     f"({manifest_digest(self.vocab_manifest)})"
                 )
         self.vocab = sets[0].vocab
-        # the audio layout the model learns; text/image-only sources (None) do not constrain it
-        levels = {str(s.path): q for s in sets if (q := s.manifest.get("audio_levels")) is not None}
-        if len(set(levels.values())) > 1:
-            raise ShardError(f"data: shards with different audio RVQ levels per frame: {levels}")
-        self.audio_levels = next(iter(levels.values()), None)
+        # the media layouts the model learns; a kind a source holds none of does not
+        # constrain it (text-only shards leave audio open)
+        try:
+            self.layout = Layout.merge(
+                {str(s.path): Layout.from_manifest(s.manifest, str(s.path)) for s in sets}
+            ).to_dict()
+        except LayoutError as e:
+            raise ShardError(str(e)) from None
 
     @property
     def vocab_size(self) -> int:

@@ -70,8 +70,8 @@ class LanguageModule(L.LightningModule):
     Args:
         arch: model shape (``vocab_size`` is taken from ``vocab_manifest`` when given).
         vocab_manifest: the data's vocabulary manifest (linked from the DataModule).
-        audio_levels: RVQ levels per audio frame in the data (linked from the DataModule;
-            saved in checkpoints so generation uses the same layout; None = all).
+        layout: the data's media layouts, ``Layout.to_dict()`` (linked from the DataModule;
+            saved in checkpoints so generation uses the same layout; None = defaults).
         lr: peak learning rate.
         min_lr_ratio: final LR as a fraction of ``lr`` (cosine floor).
         warmup_steps: linear warm-up steps.
@@ -97,7 +97,7 @@ class LanguageModule(L.LightningModule):
         self,
         arch: ModelConfig | None = None,
         vocab_manifest: dict | None = None,
-        audio_levels: int | None = None,
+        layout: dict | None = None,
         lr: float = 3e-4,
         min_lr_ratio: float = 0.1,
         warmup_steps: int = 100,
@@ -141,7 +141,6 @@ class LanguageModule(L.LightningModule):
         """Build the transformer (under the strategy's init context, e.g. FSDP's)."""
         if self.model is None:
             self.model = Transformer(self.config)
-            self.model.audio_levels = self.hparams.get("audio_levels")
             if self.hparams.get("code_vectors"):  # a resumed run then loads its own weights
                 init_code_embeddings(self.model, self.hparams.vocab_manifest,
                                      self.hparams.code_vectors)  # fmt: skip
@@ -302,7 +301,7 @@ class LanguageModule(L.LightningModule):
         checkpoint["nonfinite_steps"] = self.nonfinite_steps
         checkpoint["model_config"] = self.config.to_dict()
         checkpoint["vocab_manifest"] = self.hparams.vocab_manifest
-        checkpoint["audio_levels"] = self.hparams.audio_levels
+        checkpoint["layout"] = self.hparams.get("layout")
         checkpoint["weight_layout"] = WEIGHT_LAYOUT
         # LightningCLI applies the DataModule links in a per-process order: sort, so the
         # same run writes the same bytes (equal dicts can pickle differently)

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from native_mm.io import atomic_write, read_json, remove_temp_files, sha256_file, write_json
+from native_mm.layouts import AudioFrameMajor, Layout
 from native_mm.vocab import MODALITIES, Vocab, VocabError
 
 SHARDS_VERSION = 1
@@ -208,7 +209,7 @@ _WORKER: dict[str, Any] = {}
 
 
 def _init_worker(
-    tokenizers: Any, audio_levels: int | None, max_audio_seconds: float | None = None
+    tokenizers: Any, layout: Layout | None, max_audio_seconds: float | None = None
 ) -> None:
     from native_mm.sequence import SequenceCodec
     from native_mm.tokenizers.base import TokenizerSet
@@ -220,7 +221,7 @@ def _init_worker(
     if "torch" in sys.modules:  # one intra-op thread per worker: the workers are the parallelism
         sys.modules["torch"].set_num_threads(1)
     _WORKER["tokenizers"] = tokenizers
-    _WORKER["codec"] = SequenceCodec(tokenizers.vocab, audio_levels=audio_levels)
+    _WORKER["codec"] = SequenceCodec(tokenizers.vocab, layout)
     _WORKER["cache"] = MediaCache(tokenizers)
 
 
@@ -259,7 +260,7 @@ def tokenize(
     tokenizers: Any,
     docs_per_shard: int = 512,
     workers: int = 2,
-    audio_levels: int | None = None,
+    layout: Layout | None = None,
     log: Any = print,
     max_audio_seconds: float | None = None,
 ) -> dict:
@@ -271,7 +272,8 @@ def tokenize(
         tokenizers: a ``TokenizerSet`` or the directory it was saved to.
         docs_per_shard: valid documents per shard (fixes the document -> shard assignment).
         workers: encoding processes (0 = encode in this process).
-        audio_levels: RVQ levels per audio frame (None = all of the vocabulary's).
+        layout: media layouts of the sequences (None = the vocabulary's defaults: every
+            audio level); recorded in the manifest for training and generation.
         log: progress printer.
         max_audio_seconds: longer audio files are skipped (``MediaTooLong`` in
             skipped.json) before their samples are read (None = the audio tokenizer's
@@ -285,6 +287,8 @@ def tokenize(
         raise ValueError(f"docs_per_shard must be >= 1, got {docs_per_shard}")
     tset = tokenizers if isinstance(tokenizers, TokenizerSet) else TokenizerSet.load(tokenizers)
     vocab_manifest = tset.manifest()
+    if layout is not None:
+        layout.resolved(tset.vocab)  # a layout the vocabulary cannot hold: LayoutError now
     docs, invalid, input_info = [], [], []
     for path in map(Path, inputs):
         report = SkipReport()
@@ -301,7 +305,7 @@ def tokenize(
         "inputs": [i["sha256"] for i in input_info],
         "vocab": vocab_manifest,
         "docs_per_shard": docs_per_shard,
-        "audio_levels": audio_levels,
+        "audio_levels": layout.audio.levels if layout and layout.audio else None,
         "version": SHARDS_VERSION,
     }
     if max_audio_seconds is not None:  # only when set: earlier builds keep their key
@@ -323,17 +327,17 @@ def tokenize(
     if todo and workers > 0:
         ctx = mp.get_context("spawn")  # fork after torch threads start can deadlock
         arg = tokenizers if isinstance(tokenizers, TokenizerSet) else str(tokenizers)
-        init = (arg, audio_levels, max_audio_seconds)
+        init = (arg, layout, max_audio_seconds)
         with ctx.Pool(min(workers, len(todo)), _init_worker, init) as pool:
             for marker in pool.imap_unordered(_run_job, todo):
                 markers[marker["index"]] = marker
                 log(f"  shard {marker['index']:05d}: {marker['documents']} docs")
     elif todo:
-        _init_worker(tset, audio_levels, max_audio_seconds)
+        _init_worker(tset, layout, max_audio_seconds)
         for job in todo:
             markers[job.index] = _run_job(job)
     manifest = _build_manifest(out_dir, markers, n_shards, vocab_manifest, build_key, input_info)
-    manifest["audio_levels"] = _recorded_levels(manifest, tset.vocab, audio_levels)
+    manifest["layout"] = _recorded_layout(manifest, tset.vocab, layout)
     skipped = invalid + [s for i in range(n_shards) for s in markers[i]["skipped"]]
     write_json(out_dir / "skipped.json", {"count": len(skipped), "records": skipped})
     write_manifest(out_dir / "manifest.json", manifest)
@@ -345,13 +349,14 @@ def tokenize(
     return manifest
 
 
-def _recorded_levels(manifest: dict, vocab: Vocab, audio_levels: int | None) -> int | None:
-    """The audio layout the model will learn; None when the shards hold no audio."""
-    from native_mm.sequence import SequenceCodec
-
-    if not manifest["modality_tokens"]["audio"]:
-        return None
-    return SequenceCodec(vocab, audio_levels).audio_levels  # None -> all of the vocab's
+def _recorded_layout(manifest: dict, vocab: Vocab, layout: Layout | None) -> dict:
+    """The layouts the model will learn; a kind the shards hold no tokens of is left open
+    (None), so text-only data never constrains a later mixture's audio layout."""
+    full = (layout or Layout()).resolved(vocab)
+    held = manifest["modality_tokens"]
+    return Layout(
+        full.image if held["image"] else None, full.audio if held["audio"] else None
+    ).to_dict()
 
 
 def _build_manifest(
@@ -400,11 +405,11 @@ def write_shards_from_ids(
     docs_per_shard: int = 512,
     source: str = "ids",
     fingerprints: dict[str, str] | None = None,
-    audio_levels: int | None = None,
+    layout: Layout | None = None,
 ) -> dict:
     """Shards straight from ``(ids, loss_mask)`` pairs (tests, benchmarks, synthetic data).
 
-    ``audio_levels`` (RVQ levels per frame of the ids' audio; None = all) is recorded like
+    ``layout`` (of the ids' media; None = the vocabulary's defaults) is recorded like
     `tokenize` records it.
     """
     out_dir = Path(out_dir)
@@ -421,7 +426,7 @@ def write_shards_from_ids(
         }
         markers[i] = write_shard(out_dir, i, chunk, vocab, meta)
     manifest = _build_manifest(out_dir, markers, n_shards, vocab_manifest, build_key, [])
-    manifest["audio_levels"] = _recorded_levels(manifest, vocab, audio_levels)
+    manifest["layout"] = _recorded_layout(manifest, vocab, layout)
     write_json(out_dir / "skipped.json", {"count": 0, "records": []})
     write_manifest(out_dir / "manifest.json", manifest)
     return manifest
@@ -507,19 +512,25 @@ def main(argv: list[str] | None = None, prog: str = "native-mm tokenize") -> int
     p.add_argument("--out", required=True, help="output shard directory")
     p.add_argument("--docs-per-shard", type=int, default=512)
     p.add_argument("--workers", type=int, default=2, help="encoding processes (0 = inline)")
-    p.add_argument("--audio-levels", type=int, default=None)
+    p.add_argument(
+        "--audio-levels", type=int, default=None,
+        help="RVQ levels per audio frame in the sequences (default: all of the vocabulary's)",
+    )  # fmt: skip
     p.add_argument(
         "--max-audio-seconds", type=float, default=None,
         help="skip longer audio (counted as MediaTooLong; default: the tokenizer's, 3600)",
     )  # fmt: skip
     args = p.parse_args(argv)
+    layout = None
+    if args.audio_levels is not None:
+        layout = Layout(audio=AudioFrameMajor(args.audio_levels))
     manifest = tokenize(
         args.inputs,
         args.out,
         args.tokenizers,
         docs_per_shard=args.docs_per_shard,
         workers=args.workers,
-        audio_levels=args.audio_levels,
+        layout=layout,
         log=lambda s: print(s, file=sys.stderr),
         max_audio_seconds=args.max_audio_seconds,
     )

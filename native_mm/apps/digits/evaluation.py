@@ -180,8 +180,9 @@ def _pick(specific: float | None, shared: float | None) -> float | None:
 GenerateFn = Callable[[str, list[Item]], list[Any]]
 
 
-def model_generator(model: Any, tokenizers: Any, cfg: EvalConfig) -> GenerateFn:
-    """A ``(direction, items) -> decoded outputs`` function over the real model.
+def model_generator(model: Any, tokenizers: Any, cfg: EvalConfig, layout: Any = None) -> GenerateFn:
+    """A ``(direction, items) -> decoded outputs`` function over the real model, whose
+    media ``layout`` (``load_checkpoint(...).layout``; None = the vocabulary's) it uses.
 
     Outputs are ``str`` / ``PIL.Image`` / ``Waveform``, or ``None`` when the row did not
     produce a span of the forced modality.
@@ -192,7 +193,7 @@ def model_generator(model: Any, tokenizers: Any, cfg: EvalConfig) -> GenerateFn:
     from native_mm.sequence import SequenceCodec, Span
 
     vocab = tokenizers.vocab
-    codec = SequenceCodec(vocab, audio_levels=cfg.audio_levels)
+    codec = SequenceCodec(vocab, layout)
     q = codec.audio_levels
     probe = tokenizers["image"].encode(heldout_images(cfg.image_size)[0][0])
     grid = tuple(int(s) for s in probe.shape)
@@ -221,9 +222,7 @@ def model_generator(model: Any, tokenizers: Any, cfg: EvalConfig) -> GenerateFn:
         results: list[Any] = []
         prompts = [encode_prompt(it) for it in items]
         for s in range(0, len(items), cfg.batch_size):
-            rows = gen.generate_ids(
-                model, prompts[s : s + cfg.batch_size], vocab, out, samp, audio_levels=q
-            )
+            rows = gen.generate_ids(model, prompts[s : s + cfg.batch_size], codec, out, samp)
             for row in rows:
                 spans = [sp for sp in row.spans if sp.kind == dst]
                 if dst == "text":
@@ -443,9 +442,7 @@ def evaluate_checkpoint(
     # the output directory, the tokenizer set, the checkpoint and their match.
     _make_out_dir(out)
     tokenizers = TokenizerSet.load(tokenizers_dir)
-    model, _ = load_checkpoint(ckpt, tokenizers)
-    if cfg.audio_levels is None:  # the layout the model was trained on
-        cfg = dataclasses.replace(cfg, audio_levels=model.audio_levels)
+    lm = load_checkpoint(ckpt, tokenizers)  # with the layout the model was trained on
     judges = Judges(audio_root)
     own = judges.own_accuracy(cfg, audio_root)
     if progress:
@@ -455,8 +452,9 @@ def evaluate_checkpoint(
             flush=True,
         )
     items = build_items(cfg, audio_root)
-    gen_fn = model_generator(model, tokenizers, cfg)
-    extra = {"judges": own, "checkpoint": str(ckpt), "tokenizers": str(tokenizers_dir)}
+    gen_fn = model_generator(lm.model, tokenizers, cfg, lm.layout)
+    extra = {"judges": own, "checkpoint": str(ckpt), "tokenizers": str(tokenizers_dir),
+             "layout": lm.layout.to_dict()}  # fmt: skip
     result = evaluate(gen_fn, items, judges, out=out, cfg=cfg, progress=progress, extra=extra)
     result["seconds"] = round(time.perf_counter() - t0, 1)
     return result

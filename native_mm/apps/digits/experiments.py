@@ -251,13 +251,16 @@ def tokenize_documents(
     documents: str | Path, tokenizers: str | Path, out: str | Path,
     audio_levels: int | None = None,
 ) -> Path:  # fmt: skip
-    """``native-mm tokenize`` of one documents file into ``out`` (skipped if it exists)."""
+    """``native-mm tokenize`` of one documents file into ``out`` (skipped if it exists),
+    audio as ``audio_levels`` RVQ levels a frame (None = all of the vocabulary's)."""
+    from native_mm.layouts import AudioFrameMajor, Layout
     from native_mm.training.shards import tokenize
 
     out = Path(out)
+    layout = None if audio_levels is None else Layout(audio=AudioFrameMajor(audio_levels))
     if not (out / "manifest.json").is_file():
         tokenize([documents], out, tokenizers, docs_per_shard=4096, workers=0,
-                 audio_levels=audio_levels, log=lambda s: None)  # fmt: skip
+                 layout=layout, log=lambda s: None)  # fmt: skip
     return out
 
 
@@ -383,11 +386,11 @@ def competition_eval(
     from native_mm.checkpoint import load_checkpoint
     from native_mm.tokenizers.base import TokenizerSet
 
-    cfg = cfg or EvalConfig(max_items=n, audio_levels=2, audio_max_seconds=1.2)
+    cfg = cfg or EvalConfig(max_items=n, audio_max_seconds=1.2)
     tokenizers = TokenizerSet.load(tokenizers_dir)
-    model, _ = load_checkpoint(checkpoint, tokenizers)
+    lm = load_checkpoint(checkpoint, tokenizers)
     judges = judges or Judges()
-    run = model_generator(model, tokenizers, cfg)
+    run = model_generator(lm.model, tokenizers, cfg, lm.layout)
     items = conflict_items(n, cfg.image_size, seed=seed)
     out = follow_rates(judge(judges, "audio", run("text+image->audio", items)), items)
     controls = build_items(dataclasses.replace(cfg, max_items=n))
@@ -406,18 +409,18 @@ def direction_accuracy(
 
     The prompts, generation and judging of ``native-mm eval``
     (:mod:`native_mm.apps.digits.evaluation`), for one direction only; ``cfg`` is its
-    :class:`EvalConfig` (``max_items``, ``audio_levels``, ...).
+    :class:`EvalConfig` (``max_items``, sampling, ...); the layout is the checkpoint's.
     """
     from native_mm.apps.digits.evaluation import Judges, build_items, judge, model_generator
     from native_mm.checkpoint import load_checkpoint
     from native_mm.tokenizers.base import TokenizerSet
 
     tokenizers = TokenizerSet.load(tokenizers_dir)
-    model, _ = load_checkpoint(checkpoint, tokenizers)
+    lm = load_checkpoint(checkpoint, tokenizers)
     judges = judges or Judges()
     items = build_items(cfg)[direction]
     t0 = time.perf_counter()
-    outputs = model_generator(model, tokenizers, cfg)(direction, items)
+    outputs = model_generator(lm.model, tokenizers, cfg, lm.layout)(direction, items)
     seconds = time.perf_counter() - t0
     pred = judge(judges, direction.split("->")[1], outputs)
     acc = float(np.mean(pred == np.array([it.digit for it in items])))

@@ -20,7 +20,6 @@ class EvalConfig:
     max_items: int = 200  # prompts per direction at most (held-out media are cycled/cut)
     batch_size: int = 50  # prompts generated together
     image_size: int = 16  # side of the prompt images (the corpus' image_size)
-    audio_levels: int | None = None  # RVQ levels per audio frame (None = the checkpoint's)
     audio_max_seconds: float = 1.2  # longest audio the model may generate
     temperature_text: float = 0.0  # 0 = greedy for X->text
     temperature_media: float = 0.8  # image / audio sampling temperature
@@ -65,12 +64,10 @@ def load_recipe(path: str | Path, smoke: bool = False) -> dict:
 
 
 def eval_settings(recipe: dict, **overrides: Any) -> tuple[EvalConfig, str | None]:
-    """The recipe's ``eval:`` block (+ its corpus' image size, audio levels, seed, threads)
+    """The recipe's ``eval:`` block (+ its corpus' image size, seed, threads)
     with ``overrides`` on top -> (EvalConfig, audio_root of the corpus or None)."""
     block = dict(recipe.get("eval", {}))
     block.setdefault("image_size", recipe.get("corpus", {}).get("image_size", 16))
-    if recipe.get("tokenize", {}).get("audio_levels"):
-        block.setdefault("audio_levels", int(recipe["tokenize"]["audio_levels"]))
     block.setdefault("threads", int(recipe.get("threads", 0)))
     block.setdefault("seed", int(recipe.get("seed", 0)))
     try:
