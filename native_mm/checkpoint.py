@@ -1,49 +1,44 @@
-"""Inference checkpoints: a model plus the vocabulary it was trained with; no Lightning.
+"""Checkpoints: load, save and export a model with the vocabulary and layouts it was trained
+on. The one place that reads model files; no Lightning needed.
 
-Reads the training checkpoint (Lightning ``.ckpt``) and the plain inference file that
-:func:`save_checkpoint` writes, and refuses a tokenizer set other than the model's.
+Three forms are read by :func:`load_checkpoint`:
+
+* the training checkpoint ``native-mm fit`` writes (Lightning ``.ckpt``: ``model_config``,
+  ``vocab_manifest``, ``layout`` and a ``state_dict`` whose keys start with ``model.``);
+* the plain inference file :func:`save_checkpoint` writes (``.pt``);
+* the model directory :func:`export_model` writes: ``model.safetensors`` (PyTorch's
+  standard names and ``nn.Linear`` layout, see :mod:`native_mm.model`), ``config.json``
+  (model config, layout) and ``vocab.json`` (the tokenizer set's manifest).
+
+Every problem a user can cause (a missing, corrupt or foreign file, weights that do not
+fit the config, another tokenizer set, an impossible layout) is a :class:`CheckpointError`
+naming the file.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from native_mm import kernels
-from native_mm.constraints import GenerationError
-from native_mm.io import load_torch, torch_bytes, write_checked
+from native_mm.io import atomic_write, load_torch, torch_bytes, write_checked
 from native_mm.layouts import Layout, LayoutError
-from native_mm.model import ModelConfig, Transformer
+from native_mm.model import ModelConfig, ModelConfigError, Transformer
 from native_mm.sequence import SequenceCodec
-from native_mm.vocab import Vocab, check_fingerprints
+from native_mm.vocab import Vocab, VocabError, check_fingerprints
 
-
-def check_model_vocab(model: Transformer, vocab: Vocab) -> None:
-    if model.config.vocab_size != vocab.size:
-        raise GenerationError(
-            f"the model has vocab_size={model.config.vocab_size} but the tokenizer set's "
-            f"vocabulary has {vocab.size} ids: wrong tokenizer set for this model"
-        )
-
-
-# ---- checkpoints -------------------------------------------------------------------------
 # How Linear weights are stored: "nn.Linear" = (out, in), PyTorch's standard layout. Files
 # written before this key existed stored them (in, out) and are transposed on load.
 WEIGHT_LAYOUT = "nn.Linear"
+EXPORT_FORMAT = "native-mm/1"
 _LINEAR_SUFFIXES = ("attn.qkv.weight", "attn.proj.weight", "mlp.gate_up.weight",
                     "mlp.proj.weight", "lm_head.weight")  # fmt: skip
 
 
-def model_state(ckpt: dict) -> dict:
-    """The transformer's state dict of a checkpoint dict, in the current layout: Lightning's
-    ``model.`` prefix removed, (in, out) Linear weights of older files transposed."""
-    state = ckpt["state_dict"]
-    if state and any(k.startswith("model.") for k in state):
-        state = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
-    if ckpt.get("weight_layout") != WEIGHT_LAYOUT:
-        state = {k: v.t() if k.endswith(_LINEAR_SUFFIXES) else v for k, v in state.items()}
-    return state
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the file and what is wrong."""
 
 
 @dataclass
@@ -60,63 +55,154 @@ class Pretrained:
         return SequenceCodec(self.vocab, self.layout)
 
 
-def load_checkpoint(
-    path: str | Path, tokenizers: Any = None, map_location: str = "cpu"
-) -> Pretrained:
-    """A model from a checkpoint, checked against a tokenizer set; Lightning not needed.
+def model_state(ckpt: dict) -> dict:
+    """The transformer's state dict of a checkpoint dict, in the current layout: Lightning's
+    ``model.`` prefix removed, (in, out) Linear weights of older files transposed."""
+    state = ckpt["state_dict"]
+    if state and any(k.startswith("model.") for k in state):
+        state = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
+    if ckpt.get("weight_layout") != WEIGHT_LAYOUT:
+        state = {k: v.t() if k.endswith(_LINEAR_SUFFIXES) else v for k, v in state.items()}
+    return state
 
-    Accepts the training checkpoint (Lightning ``.ckpt`` with top-level ``model_config``,
-    ``vocab_manifest`` and a ``state_dict`` whose keys start with ``model.``) and a plain
-    ``{"model_config", "manifest", "state_dict"}`` file (see :func:`save_checkpoint`).
-    The layout is the checkpoint's ``layout`` (older files: ``audio_levels``), its open
-    kinds filled with the vocabulary's defaults.
 
-    Raises:
-        FileNotFoundError: no such file.
-        GenerationError: not a native-mm checkpoint, or the tokenizer set differs from the
-            one the model was trained with (fingerprints or vocabulary layout).
-    """
-    path = Path(path)
+def _read(path: Path, map_location: str) -> dict:
+    """A checkpoint file or export directory -> one dict of the training checkpoint's shape."""
+    if path.is_dir():
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            config = json.loads((path / "config.json").read_text())
+            manifest = json.loads((path / "vocab.json").read_text())
+            state = load_file(path / "model.safetensors", device=map_location)
+        except FileNotFoundError as e:
+            missing = Path(e.filename).name
+            raise CheckpointError(f"{path}: not a model directory ({missing} missing)") from None
+        except (ValueError, SafetensorError, OSError) as e:
+            raise CheckpointError(f"{path}: cannot read the model directory ({e})") from None
+        if config.get("format") != EXPORT_FORMAT:
+            raise CheckpointError(f"{path}: config.json format {config.get('format')!r}, "
+                                  f"expected {EXPORT_FORMAT!r}")  # fmt: skip
+        return {**config, "manifest": manifest, "state_dict": state}
     try:  # checksum beside the file verified first, then weights_only=True
         ckpt = load_torch(path, map_location=map_location)
     except ValueError as e:  # a corrupt, truncated or foreign file
-        raise GenerationError(str(e)) from None
-    manifest = ckpt.get("manifest", ckpt.get("vocab_manifest")) if isinstance(ckpt, dict) else None
-    if not isinstance(ckpt, dict) or "model_config" not in ckpt or not manifest:
-        raise GenerationError(
+        raise CheckpointError(str(e)) from None
+    return ckpt if isinstance(ckpt, dict) else {}
+
+
+def _check_tokenizers(path: Path, manifest: dict, vocab: Vocab, tokenizers: Any) -> None:
+    """``tokenizers``: a TokenizerSet or a vocabulary manifest (e.g. a shard set's)."""
+    if isinstance(tokenizers, dict):
+        want, fingerprints = Vocab.from_manifest(tokenizers), tokenizers.get("fingerprints", {})
+    else:
+        want, fingerprints = tokenizers.vocab, tokenizers.fingerprints()
+    try:
+        check_fingerprints(manifest, fingerprints, source=str(path))
+    except VocabError as e:
+        raise CheckpointError(str(e)) from None
+    if want != vocab:
+        raise CheckpointError(
+            f"{path}: the checkpoint's vocabulary {vocab} differs from the tokenizer set's {want}"
+        )
+
+
+def load_checkpoint(
+    path: str | Path, tokenizers: Any = None, map_location: str = "cpu"
+) -> Pretrained:
+    """A model from any checkpoint form, checked against a tokenizer set.
+
+    Args:
+        path: a ``.ckpt`` / ``.pt`` file or a directory written by :func:`export_model`.
+        tokenizers: the TokenizerSet (or a vocabulary manifest) the model must match;
+            None skips the check.
+        map_location: device for the weights.
+
+    Returns:
+        :class:`Pretrained`: the model in eval mode, its vocabulary, and its layout (the
+        checkpoint's ``layout``; older files: ``audio_levels``; open kinds filled with the
+        vocabulary's defaults).
+
+    Raises:
+        FileNotFoundError: no such file.
+        CheckpointError: anything else that makes the file unusable (see module docstring).
+    """
+    path = Path(path)
+    ckpt = _read(path, map_location)
+    manifest = ckpt.get("manifest", ckpt.get("vocab_manifest"))
+    if "model_config" not in ckpt or not manifest or "state_dict" not in ckpt:
+        raise CheckpointError(
             f"{path}: not a native-mm checkpoint (needs model_config, a vocabulary manifest "
             "and state_dict)"
         )
-    vocab = Vocab.from_manifest(manifest, source=f"{path} manifest")
+    try:
+        vocab = Vocab.from_manifest(manifest, source=f"{path} manifest")
+        config = ModelConfig.from_dict(ckpt["model_config"], source=str(path))
+        layout = Layout.from_manifest(ckpt, "layout").resolved(vocab)
+    except (VocabError, ModelConfigError, LayoutError) as e:
+        raise CheckpointError(f"{path}: {e}") from None
     if tokenizers is not None:
-        check_fingerprints(manifest, tokenizers.fingerprints(), source=str(path))
-        if tokenizers.vocab != vocab:
-            raise GenerationError(
-                f"{path}: the checkpoint's vocabulary {vocab} differs from the tokenizer "
-                f"set's {tokenizers.vocab}"
-            )
-    config = ModelConfig.from_dict(ckpt["model_config"], source=str(path))
+        _check_tokenizers(path, manifest, vocab, tokenizers)
     model = Transformer(config)
     try:
         model.load_state_dict(model_state(ckpt))
     except RuntimeError as e:
-        raise GenerationError(f"{path}: weights do not fit model_config ({e})") from None
-    try:
-        layout = Layout.from_manifest(ckpt, "layout").resolved(vocab)
-    except LayoutError as e:
-        raise GenerationError(f"{path}: {e}") from None
+        raise CheckpointError(f"{path}: weights do not fit model_config ({e})") from None
     if config.kernels == "auto":
         kernels.decode_layout(model)  # inference: same values, faster CPU decoding
     return Pretrained(model.eval(), vocab, layout)
 
 
+def _contiguous(model: Transformer) -> dict:
+    return {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+
+
 def save_checkpoint(
     path: str | Path, model: Transformer, manifest: dict, layout: Layout | None = None
 ) -> None:
-    """Write the plain inference checkpoint read by :func:`load_checkpoint` (atomically,
-    with its sha256 in ``NAME.sha256.json`` beside it)."""
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    """Write the plain inference file read by :func:`load_checkpoint` (atomically, with
+    its sha256 in ``NAME.sha256.json`` beside it)."""
     obj = {"model_config": model.config.to_dict(), "manifest": manifest,
            "layout": (layout or Layout()).to_dict(), "weight_layout": WEIGHT_LAYOUT,
-           "state_dict": state}  # fmt: skip
+           "state_dict": _contiguous(model)}  # fmt: skip
     write_checked(path, torch_bytes(obj))
+
+
+def export_model(pretrained: Pretrained, out_dir: str | Path, manifest: dict) -> Path:
+    """Write a model directory other tools read without native-mm: ``model.safetensors``
+    (standard ``nn.Linear`` names and layout), ``config.json`` and ``vocab.json``.
+
+    ``manifest`` is the tokenizer set's (``TokenizerSet.manifest()``): it records the
+    tokenizers' fingerprints, so a mismatched set is refused on load.
+    """
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    # tied weights have one name (wte.weight; no lm_head), so no storage is shared
+    save_file(_contiguous(pretrained.model), str(out / "model.safetensors"), {"format": "pt"})
+    config = {"format": EXPORT_FORMAT, "weight_layout": WEIGHT_LAYOUT,
+              "model_config": pretrained.model.config.to_dict(),
+              "layout": pretrained.layout.to_dict()}  # fmt: skip
+    for name, obj in (("config.json", config), ("vocab.json", manifest)):
+        with atomic_write(out / name, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=True)
+    return out
+
+
+def export_main(argv: list[str] | None = None, prog: str = "native-mm export") -> int:
+    """``native-mm export --ckpt FILE --tokenizers DIR --out DIR``."""
+    import argparse
+
+    from native_mm.tokenizers.base import TokenizerSet
+
+    ap = argparse.ArgumentParser(prog=prog, description=export_model.__doc__.split("\n")[0])
+    ap.add_argument("--ckpt", required=True, help="a .ckpt written by native-mm fit (or a .pt)")
+    ap.add_argument("--tokenizers", required=True, help="the tokenizer set the model reads")
+    ap.add_argument("--out", required=True, help="the model directory to write")
+    args = ap.parse_args(argv)
+    tokenizers = TokenizerSet.load(args.tokenizers)
+    out = export_model(load_checkpoint(args.ckpt, tokenizers), args.out, tokenizers.manifest())
+    print(f"exported to {out} (model.safetensors, config.json, vocab.json)")
+    return 0

@@ -23,7 +23,7 @@ VERBS: dict[tuple[str, ...], tuple[str, str]] = {
         "train the EnCodec audio tokenizer from a spec YAML",
     ),
     ("tokenizer", "eval", "audio"): (
-        "native_mm.tokenizers.audio_train:eval_main",
+        "native_mm.tokenizers.audio_eval:eval_main",
         "audio tokenizer metrics (SI-SNR, mel distance, digit accuracy kept) as JSON",
     ),
     ("tokenize",): (
@@ -47,11 +47,15 @@ VERBS: dict[tuple[str, ...], tuple[str, str]] = {
         "train the image VQ-GAN tokenizer from a spec YAML",
     ),
     ("tokenizer", "eval", "image"): (
-        "native_mm.tokenizers.image_train:eval_main",
+        "native_mm.tokenizers.image_eval:eval_main",
         "image tokenizer metrics (PSNR, SSIM, codebook usage) as JSON",
     ),
+    ("export",): (
+        "native_mm.checkpoint:export_main",
+        "a checkpoint -> a model directory (model.safetensors, config.json, vocab.json)",
+    ),
     ("generate",): (
-        "native_mm.generation:main",
+        "native_mm.generate_cli:main",
         "generate text, an image or audio from an interleaved prompt (checkpoint + tokenizers)",
     ),
 }

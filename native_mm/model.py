@@ -145,7 +145,8 @@ PRESETS: dict[str, dict] = {
 def rms_norm(x: Tensor, weight: Tensor, eps: float, fast: bool = False) -> Tensor:
     """``x / rms(x) * weight`` over the last dim; weight (C,) or any shape broadcasting to x.
     ``fast`` tries the CPU training kernel (:func:`native_mm.kernels.rms_norm`) first."""
-    y = kernels.rms_norm(x, weight, eps) if fast else None
+    # the grad check first: inference (decoding) pays no dispatch for a training kernel
+    y = kernels.rms_norm(x, weight, eps) if fast and torch.is_grad_enabled() else None
     if y is not None:
         return y
     if weight.dim() == 1:

@@ -88,7 +88,8 @@ def test_bandwidth_levels(tiny):
 
 
 def test_loss_decreases_on_real_speech():
-    from native_mm.tokenizers.audio_train import AudioTrainSpec, make_module, mel_loss
+    from native_mm.tokenizers.audio_metrics import mel_loss
+    from native_mm.tokenizers.audio_train import AudioTrainSpec, make_module
 
     torch.manual_seed(0)
     spec = AudioTrainSpec(model=AudioConfig(**TINY))

@@ -9,8 +9,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from native_mm.checkpoint import load_checkpoint, save_checkpoint
+from native_mm.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from native_mm.constraints import DONE, DecodeConstraint, GenerationError, OutputSpec
+from native_mm.generate_cli import main, save_outputs
 from native_mm.generation import (
     PromptError,
     SamplingConfig,
@@ -18,9 +19,7 @@ from native_mm.generation import (
     filter_logits,
     generate,
     generate_ids,
-    main,
     sample_next,
-    save_outputs,
     stream,
 )
 from native_mm.layouts import AudioFrameMajor, Layout
@@ -409,7 +408,7 @@ def test_checkpoint_roundtrip_and_tokenizer_mismatch(mm_model, tokenizers, tmp_p
         load_checkpoint(tmp_path / "missing.ckpt")
     junk = tmp_path / "junk.ckpt"
     torch.save({"weights": 1}, junk)
-    with pytest.raises(GenerationError, match="not a native-mm checkpoint"):
+    with pytest.raises(CheckpointError, match="not a native-mm checkpoint"):
         load_checkpoint(junk)
 
 
@@ -427,12 +426,12 @@ def test_checkpoint_carries_the_layout_and_refuses_impossible_ones(
     assert g.spans[0].codes.shape == (1, 3)
     too_many = Layout(audio=AudioFrameMajor(tokenizers.vocab.audio_levels + 1))
     save_checkpoint(ckpt, mm_model, tokenizers.manifest(), too_many)
-    with pytest.raises(GenerationError, match=r"model\.pt: audio_levels=\d+ but the vocab"):
+    with pytest.raises(CheckpointError, match=r"model\.pt: audio_levels=\d+ but the vocab"):
         load_checkpoint(ckpt, tokenizers)
     torch.save({**torch.load(ckpt, weights_only=True), "layout": {"audio": {"name": "zigzag"}}},
                ckpt)  # fmt: skip
     (ckpt.parent / "model.pt.sha256.json").unlink(missing_ok=True)
-    with pytest.raises(GenerationError, match="no audio layout named 'zigzag'"):
+    with pytest.raises(CheckpointError, match="no audio layout named 'zigzag'"):
         load_checkpoint(ckpt, tokenizers)
 
 

@@ -14,14 +14,8 @@ from native_mm.apps.digits import images as digits
 from native_mm.cli import main as cli_main
 from native_mm.tokenizers.base import MediaError
 from native_mm.tokenizers.image import ImageConfig, ImageTokenizer, target_size, to_rgb
-from native_mm.tokenizers.image_train import (
-    ImageTrainSpec,
-    PerceptualLoss,
-    VQGANModule,
-    codebook_stats,
-    psnr,
-    ssim,
-)
+from native_mm.tokenizers.image_metrics import PerceptualLoss, codebook_stats, psnr, ssim
+from native_mm.tokenizers.image_train import ImageTrainSpec, VQGANModule
 
 SPEC = str(Path(__file__).resolve().parents[1] / "tokenizers" / "image" / "digits.yaml")
 TINY = dict(
@@ -250,7 +244,7 @@ def test_metrics() -> None:
 
 
 def test_perceptual_loss_from_local_weights(tmp_path) -> None:
-    from native_mm.tokenizers.image_train import _VGG16
+    from native_mm.tokenizers.image_metrics import _VGG16
 
     torch.manual_seed(0)
     state, cin, i = {}, 3, 0
@@ -394,7 +388,7 @@ def test_layer_norm_codes_do_not_depend_on_image_size(tmp_path) -> None:
 @pytest.mark.slow
 def test_shipped_digits_tokenizer_meets_acceptance() -> None:
     from native_mm.apps.digits.sources import digit_images
-    from native_mm.tokenizers.image_train import evaluate
+    from native_mm.tokenizers.image_eval import evaluate
 
     tok = ImageTokenizer.load(Path(SPEC).parent / "digits")
     m = evaluate(tok, digit_images("heldout"))

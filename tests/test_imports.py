@@ -118,3 +118,10 @@ def test_no_repo_relative_paths_in_the_library():
     lib = [p for p in PKG.rglob("*.py") if not is_app(module_name(p))]
     assert len(lib) > 20
     assert [str(p) for p in lib if "parents[" in p.read_text(encoding="utf-8")] == []
+
+
+def test_library_files_stay_readable():
+    """Every module of the package fits in 500 lines (split by responsibility beyond)."""
+    long = {str(p.relative_to(PKG)): n for p in PKG.rglob("*.py")
+            if (n := len(p.read_text(encoding="utf-8").splitlines())) > 500}  # fmt: skip
+    assert not long, long

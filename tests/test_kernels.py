@@ -166,3 +166,30 @@ def test_state_dict_is_plain_pytorch(overrides):
     idx = torch.randint(0, 500, (2, 12))
     with torch.no_grad():
         torch.testing.assert_close(reference_logits(sd, cfg, idx), model.eval()(idx))
+
+
+def test_exported_model_directory_is_plain_pytorch(tmp_path):
+    """native-mm export writes safetensors a plain reference decoder reads by name alone;
+    loading the directory back gives the same model and layout."""
+    from safetensors.torch import load_file
+
+    from native_mm.checkpoint import CheckpointError, Pretrained, export_model, load_checkpoint
+    from native_mm.layouts import AudioFrameMajor, Layout
+    from native_mm.vocab import Vocab
+
+    vocab = Vocab(text_size=400, image_codes=32, audio_codes=16, audio_levels=2)
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.from_name("tiny", vocab_size=vocab.size)).eval()
+    layout = Layout.for_vocab(vocab, audio_levels=1)
+    kernels.decode_layout(model)  # an inference model's column-major weights export fine
+    out = export_model(Pretrained(model, vocab, layout), tmp_path / "m", vocab.to_manifest())
+    sd = load_file(out / "model.safetensors")
+    idx = torch.randint(0, vocab.size, (2, 10))
+    with torch.no_grad():
+        torch.testing.assert_close(reference_logits(sd, model.config, idx), model(idx))
+        back = load_checkpoint(out, vocab.to_manifest())
+        torch.testing.assert_close(back.model(idx), model(idx))
+    assert back.layout.audio == AudioFrameMajor(1)
+    (out / "vocab.json").unlink()
+    with pytest.raises(CheckpointError, match="not a model directory .vocab.json missing"):
+        load_checkpoint(out)

@@ -819,6 +819,7 @@ def test_checksum_survives_a_kill_between_its_two_renames(tmp_path, monkeypatch)
 
 def test_checkpoint_write_removes_temp_files_of_a_killed_write(tmp_path):
     import native_mm.io as nio
+    from native_mm.training.checkpoint_io import ChecksummedCheckpointIO
 
     stale = [tmp_path / ".last.ckpt.k1ll3d.tmp", tmp_path / ".last.ckpt.sha256.json.x.tmp"]
     keep = [tmp_path / ".step0000003.ckpt.k1ll3d.tmp", tmp_path / "last.ckpt.tmp"]
@@ -828,15 +829,15 @@ def test_checkpoint_write_removes_temp_files_of_a_killed_write(tmp_path):
     assert not any(p.exists() for p in stale) and all(p.exists() for p in keep)
     assert nio.load_torch(tmp_path / "last.ckpt") == {"step": 1}
     # Lightning's checkpoint IO owns its folder: step checkpoints' temp files go too
-    nio.ChecksummedCheckpointIO().save_checkpoint({"step": 4}, tmp_path / "step0000004.ckpt")
+    ChecksummedCheckpointIO().save_checkpoint({"step": 4}, tmp_path / "step0000004.ckpt")
     assert [p.exists() for p in keep] == [False, True]
 
 
 def test_fit_checkpoints_carry_checksums_and_a_corrupted_one_is_refused(
     text_shards_dir, tmp_path, capsys
 ):
+    from native_mm.checkpoint import load_checkpoint
     from native_mm.io import checksum_path, verify_checked
-    from native_mm.training.module import load_model
     from tests.doubles import fit_args
 
     out = tmp_path / "run"
@@ -850,7 +851,7 @@ def test_fit_checkpoints_carry_checksums_and_a_corrupted_one_is_refused(
     assert torch.load(last, weights_only=True)["global_step"] == 3  # plain data only
     _flip_byte(last)
     with pytest.raises(ValueError, match=r"last\.ckpt: corrupted checkpoint"):
-        load_model(str(last))
+        load_checkpoint(last)
     rc, err = _run(fit_args(text_shards_dir, out, 5, "--ckpt_path", "last"), capsys)
     assert rc == 1 and "last.ckpt: corrupted checkpoint" in err, err
 

@@ -13,6 +13,7 @@ import native_mm.training.shards as shards_mod
 from native_mm.cli import main as cli_main
 from native_mm.documents import read_documents
 from native_mm.sequence import SequenceCodec, encode_document
+from native_mm.training.media_cache import MediaCache
 from native_mm.training.shards import ShardError, ShardSet, read_manifest, tokenize
 from tests.doubles import tokenizer_set, write_corpus
 
@@ -193,7 +194,7 @@ def test_media_cache_encodes_each_file_once_with_the_same_codes(tiny_tokenizers,
     (skip,) = json.loads((tmp_path / "out/skipped.json").read_text())["records"]
     assert skip["id"] == "d5" and "bad.png" in skip["message"]
     # a file is encoded once; rewriting it (new size/mtime) encodes it again
-    cache = shards_mod.MediaCache(tiny_tokenizers)
+    cache = MediaCache(tiny_tokenizers)
     docs = list(read_documents(corpus, on_error="skip"))
     cache.prefill(docs)  # a batch holding bad.png fails whole: left to per-document encoding
     assert len(cache.codes) == 0

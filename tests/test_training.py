@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from native_mm.checkpoint import CheckpointError, load_checkpoint
 from native_mm.layouts import AudioFrameMajor, Layout
 from native_mm.model import ModelConfig
 from native_mm.training.cli import make_cli
@@ -28,7 +29,6 @@ from native_mm.training.data import (
 from native_mm.training.module import (
     LanguageModule,
     cosine_schedule,
-    load_model,
 )
 from native_mm.training.shards import ShardError, ShardSet, write_shards_from_ids
 from native_mm.vocab import BOA, BOI, BOS, EOA, EOI, Vocab, VocabError
@@ -306,8 +306,8 @@ def test_ddp_two_processes_match_one(shards, tmp_path):
     assert sorted(two) == sorted(one) == [0, 1, 2, 3]
     for s in one:
         assert two[s] == pytest.approx(one[s], abs=1e-4), (s, one, two)
-    a, _ = load_model(str(tmp_path / "one/checkpoints/last.ckpt"))
-    b, _ = load_model(str(tmp_path / "ddp/checkpoints/last.ckpt"))
+    a = load_checkpoint(tmp_path / "one/checkpoints/last.ckpt").model
+    b = load_checkpoint(tmp_path / "ddp/checkpoints/last.ckpt").model
     for (k, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.allclose(p, q, atol=1e-4), k
 
@@ -322,11 +322,11 @@ def test_bf16_mixed_trains(shards, tmp_path):
 def test_checkpoint_with_other_tokenizer_set_is_an_error(shards, tmp_path):
     _fit(fit_args(shards, tmp_path / "a", 2))
     ckpt = tmp_path / "a/checkpoints/last.ckpt"
-    model, manifest = load_model(str(ckpt), ShardSet(shards).manifest["vocab"])
-    assert manifest["size"] == model.config.vocab_size
+    lm = load_checkpoint(ckpt, ShardSet(shards).manifest["vocab"])
+    assert lm.vocab.size == lm.model.config.vocab_size
     other = Vocab(text_size=100).to_manifest({"text": "f" * 64})
-    with pytest.raises(VocabError, match="tokenizer set .* but the current"):
-        load_model(str(ckpt), other)
+    with pytest.raises(CheckpointError, match="text tokenizer fingerprint mismatch"):
+        load_checkpoint(ckpt, other)
     # resuming fit on data from another tokenizer set fails naming both fingerprints
     vocab = Vocab(text_size=100)
     write_shards_from_ids(
@@ -334,6 +334,23 @@ def test_checkpoint_with_other_tokenizer_set_is_an_error(shards, tmp_path):
     )
     with pytest.raises(VocabError, match="ffffffffffff"):
         _fit(fit_args(tmp_path / "other", tmp_path / "b", 4, "--ckpt_path", str(ckpt)))
+
+
+def test_resume_refuses_a_checkpoint_of_the_old_weight_layout(shards, tmp_path):
+    """(in, out) weights with an optimizer state of that shape cannot resume: a clear error,
+    not a shape mismatch deep in the optimizer; inference loads such files (transposed)."""
+    _fit(fit_args(shards, tmp_path / "a", 2))
+    ckpt = tmp_path / "a/checkpoints/last.ckpt"
+    old = torch.load(ckpt, weights_only=True)
+    del old["weight_layout"]
+    old["state_dict"] = {k: v.t() if k.endswith(".weight") and v.dim() == 2 and "wte" not in k
+                         else v for k, v in old["state_dict"].items()}  # fmt: skip
+    torch.save(old, tmp_path / "old.ckpt")
+    with pytest.raises(ValueError, match="cannot resume here"):
+        _fit(fit_args(shards, tmp_path / "b", 4, "--ckpt_path", str(tmp_path / "old.ckpt")))
+    lm, new = load_checkpoint(tmp_path / "old.ckpt"), load_checkpoint(ckpt)
+    for k, v in new.model.state_dict().items():
+        assert torch.equal(lm.model.state_dict()[k], v), k
 
 
 def test_fit_on_interleaved_shards_logs_per_modality_and_throughput(mm_shards, tmp_path):

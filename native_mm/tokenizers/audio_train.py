@@ -33,11 +33,18 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from native_mm import sources
 from native_mm.tokenizers.audio import AudioConfig, AudioTokenizer, convert, read_audio
-from native_mm.tokenizers.base import MediaError, Waveform
+from native_mm.tokenizers.audio_metrics import (
+    MultiScaleMel,
+    feature_matching,
+    hinge_d,
+    hinge_g,
+    mel_distance,
+    mel_loss,
+)
+from native_mm.tokenizers.base import Waveform
 from native_mm.tokenizers.trainer import (
     DataReport,
     TrainerSpec,
@@ -97,86 +104,6 @@ class AudioTrainSpec:
     sample_every: int = 500  # steps between WAV/PNG samples (0 = only at the end)
     max_minutes: float = 0.0  # stop after this much wall clock in one run (0 = no limit)
     n_samples: int = 4  # held-out clips rendered as samples
-
-
-# --------------------------------------------------------------------------- losses
-class MultiScaleMel(nn.Module):
-    """Mel spectrograms at several STFT sizes (window = n_fft, hop = n_fft / 4)."""
-
-    def __init__(self, sample_rate: int, scales: list[int], n_mels: int = 64) -> None:
-        import torchaudio
-
-        super().__init__()
-        self.mels = nn.ModuleList(
-            torchaudio.transforms.MelSpectrogram(
-                sample_rate,
-                n_fft=n,
-                hop_length=n // 4,
-                n_mels=min(n_mels, n // 8),
-                f_min=0.0,
-                power=1.0,
-                normalized=False,
-            )
-            for n in scales
-        )
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """``x`` (B, C, N) -> per scale mel magnitudes (B, C, M, F)."""
-        return [m(x) for m in self.mels]
-
-
-def mel_loss(mel: MultiScaleMel, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Frequency loss: L1 on mel + L1 on log-mel (floored at 1e-4), averaged over scales.
-
-    EnCodec uses L2 on log-mel; with short crops zero-padded to the segment length, L2 on
-    the log of exact silence dominated the loss, so the log term is L1 as in audiocraft's
-    ``MelSpectrogramL1Loss``.
-    """
-    total = x.new_zeros(())
-    for mx, my in zip(mel(x), mel(y), strict=True):
-        log_x, log_y = torch.log(mx.clamp(min=1e-4)), torch.log(my.clamp(min=1e-4))
-        total = total + F.l1_loss(my, mx) + F.l1_loss(log_y, log_x)
-    return total / len(mel.mels)
-
-
-def mel_distance(mel: MultiScaleMel, x: torch.Tensor, y: torch.Tensor) -> float:
-    """Multi-scale log-mel distance: mean |ln(mel_x + 1e-5) - ln(mel_y + 1e-5)| over scales."""
-    with torch.no_grad():
-        d = [
-            (torch.log(mx + 1e-5) - torch.log(my + 1e-5)).abs().mean()
-            for mx, my in zip(mel(x), mel(y), strict=True)
-        ]
-    return float(torch.stack(d).mean())
-
-
-def si_snr(ref: np.ndarray, est: np.ndarray, eps: float = 1e-8) -> float:
-    """Scale-invariant SNR in dB of ``est`` against ``ref`` (same length, mono)."""
-    ref, est = ref - ref.mean(), est - est.mean()
-    target = (est @ ref) / (ref @ ref + eps) * ref
-    noise = est - target
-    return float(10 * np.log10((target @ target + eps) / (noise @ noise + eps)))
-
-
-def hinge_d(real: list[torch.Tensor], fake: list[torch.Tensor]) -> torch.Tensor:
-    return sum(
-        F.relu(1 - r).mean() + F.relu(1 + f).mean() for r, f in zip(real, fake, strict=True)
-    ) / len(real)
-
-
-def hinge_g(fake: list[torch.Tensor]) -> torch.Tensor:
-    return sum(F.relu(1 - f).mean() for f in fake) / len(fake)
-
-
-def feature_matching(
-    real: list[list[torch.Tensor]], fake: list[list[torch.Tensor]]
-) -> torch.Tensor:
-    """Relative L1 between discriminator feature maps (EnCodec eq. 2)."""
-    terms = [
-        F.l1_loss(f, r.detach()) / (r.detach().abs().mean() + 1e-8)
-        for rs, fs in zip(real, fake, strict=True)
-        for r, f in zip(rs, fs, strict=True)
-    ]
-    return sum(terms) / len(terms)
 
 
 # --------------------------------------------------------------------------- data
@@ -522,85 +449,4 @@ def train_main(argv: list[str] | None = None, prog: str | None = None) -> int:
     spec = load_spec(AudioTrainSpec, args.config, args.overrides)
     tok = train(spec, args.out)
     print(f"saved audio tokenizer to {args.out} (fingerprint {tok.fingerprint()[:12]})")
-    return 0
-
-
-def evaluate(
-    tok: AudioTokenizer, groups: dict[str, sources.LabeledMedia], levels: int | None = None
-) -> dict:
-    """SI-SNR, multi-scale mel distance and, for judged groups, accuracy kept.
-
-    Args:
-        tok: the audio tokenizer (its first ``levels`` RVQ levels when given).
-        groups: split name -> audio file paths; a group with labels and a judge also
-            reports the judge's accuracy on the originals and on the reconstructions.
-        levels: RVQ levels to use (None = the tokenizer's configured levels).
-    """
-    if levels:
-        tok.config.levels = levels
-    mel = MultiScaleMel(tok.sample_rate, [64, 128, 256, 512, 1024])
-    result: dict[str, Any] = {
-        "tokenizer_fingerprint": tok.fingerprint(),
-        "levels": tok.n_levels,
-        "frame_rate": tok.config.frame_rate,
-        "splits": {},
-    }
-    for split, group in groups.items():
-        snrs, dists, orig, recs, n_tokens = [], [], [], [], []
-        for path in group.items:
-            x = convert(read_audio(path), tok.sample_rate, tok.config.channels, str(path))
-            codes = tok.encode(Waveform(x.numpy(), tok.sample_rate))
-            n_tokens.append(codes.size)
-            y = tok.decode(codes).samples[:, : x.shape[-1]]
-            snrs.append(si_snr(x.numpy().mean(0), y.mean(0)))
-            dists.append(mel_distance(mel, x[None], torch.from_numpy(y)[None]))
-            orig.append(Waveform(x.numpy().mean(0, keepdims=True), tok.sample_rate))
-            recs.append(Waveform(y.mean(0, keepdims=True), tok.sample_rate))
-        r = {
-            "clips": len(group.items),
-            "si_snr_db": float(np.mean(snrs)),
-            "mel_distance": float(np.mean(dists)),
-            "tokens_per_clip": float(np.mean(n_tokens)),
-        }
-        if group.judge is not None and group.labels:
-            a_o, a_r = group.judge(orig, group.labels), group.judge(recs, group.labels)
-            r |= {
-                "digit_acc_original": a_o,
-                "digit_acc_reconstructed": a_r,
-                "accuracy_kept": a_r / a_o if a_o else float("nan"),
-            }
-        result["splits"][split] = r
-    return result
-
-
-def eval_groups(data: str, splits: list[str] | None) -> dict[str, sources.LabeledMedia]:
-    """``--data`` -> groups: a source's splits (default ``heldout``), or one ``all`` group."""
-    if sources.is_ref(data):
-        return {s: sources.load(data, s) for s in splits or ["heldout"]}
-    return {"all": sources.LabeledMedia(list_audio(AudioDataSpec(source=str(data))))}
-
-
-def eval_main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    """``native-mm tokenizer eval audio --tokenizer DIR --data PATH --out metrics.json``."""
-    from native_mm.io import write_json
-
-    ap = argparse.ArgumentParser(prog=prog, description="Evaluate an audio tokenizer.")
-    ap.add_argument("--tokenizer", required=True, help="saved tokenizer directory")
-    ap.add_argument(
-        "--data",
-        required=True,
-        help="a 'module:function' source (e.g. native_mm.apps.digits.sources:speech), "
-        "a folder of audio, or a .jsonl",
-    )
-    ap.add_argument("--split", action="append", help="a source's split(s) (default: heldout)")
-    ap.add_argument("--levels", type=int, default=0, help="RVQ levels to use (0 = config's)")
-    ap.add_argument("--out", required=True, help="metrics JSON to write")
-    args = ap.parse_args(argv)
-    try:
-        tok = AudioTokenizer.load(args.tokenizer)
-    except MediaError as e:
-        raise ValueError(str(e)) from None
-    res = evaluate(tok, eval_groups(args.data, args.split), args.levels or None)
-    write_json(args.out, res)
-    print(json.dumps(res, indent=2))
     return 0

@@ -236,7 +236,7 @@ def fit_tokenizer(
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
-    from native_mm.io import ChecksummedCheckpointIO
+    from native_mm.training.checkpoint_io import ChecksummedCheckpointIO
 
     out_dir = Path(out_dir)
     if spec.num_threads:

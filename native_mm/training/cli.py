@@ -25,7 +25,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_warn
 
-from native_mm.io import ChecksummedCheckpointIO
+from native_mm.training.checkpoint_io import ChecksummedCheckpointIO
 from native_mm.training.data import ShardDataModule
 from native_mm.training.module import LanguageModule
 

@@ -27,8 +27,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from native_mm.checkpoint import WEIGHT_LAYOUT, model_state
-from native_mm.io import load_torch
+from native_mm.checkpoint import WEIGHT_LAYOUT
 from native_mm.kernels import head_cross_entropy
 from native_mm.model import ModelConfig, Transformer
 from native_mm.vocab import MODALITIES, Vocab, VocabError, manifest_digest
@@ -376,28 +375,3 @@ def init_code_embeddings(
                 weight[start : start + k] = e * (model.config.init_std / e.std().clamp(min=1e-8))
         done[modality] = k * len(starts)
     return done
-
-
-def load_model(
-    path: str, vocab_manifest: dict | None = None, map_location: str = "cpu"
-) -> tuple[Transformer, dict]:
-    """A trained :class:`Transformer` from a Lightning checkpoint, without Lightning.
-
-    Args:
-        path: ``.ckpt`` file written by ``native-mm fit``.
-        vocab_manifest: the tokenizer set's manifest to check against (None = no check).
-
-    Returns:
-        ``(model in eval mode, the checkpoint's vocabulary manifest)``.
-    """
-    # checksum beside the file verified, then weights_only=True; errors name the file
-    ckpt = load_torch(path, map_location=map_location)
-    if not isinstance(ckpt, dict) or "model_config" not in ckpt:
-        raise ValueError(f"{path}: not a native-mm checkpoint (no model_config)")
-    check_vocab(ckpt.get("vocab_manifest"), vocab_manifest, str(path))
-    model = Transformer(ModelConfig.from_dict(ckpt["model_config"], source=str(path)))
-    try:
-        model.load_state_dict(model_state(ckpt))
-    except RuntimeError as e:
-        raise ValueError(f"{path}: weights do not fit model_config ({e})") from None
-    return model.eval(), ckpt.get("vocab_manifest") or {}

@@ -267,7 +267,7 @@ def tokenize_documents(
 def speech_subset(out: str | Path, train_voices: int, heldout_voices: int) -> Path:
     """A spoken-digits directory (``manifest.csv`` only, absolute paths) holding the first
     ``train_voices`` / ``heldout_voices`` voices of the committed clips: smoke runs of
-    evaluations that read a whole manifest (e.g. ``tokenizers.audio_train.evaluate``)."""
+    evaluations that read a whole manifest (e.g. ``tokenizers.audio_eval.evaluate``)."""
     from native_mm.apps.digits import speech
 
     out = Path(out)
