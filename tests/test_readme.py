@@ -19,11 +19,14 @@ def test_python_examples_run():
 
 
 def test_ci_runs_the_readme_commands():
+    """The quick start is two commands; CI runs exactly the test one, and make defines both
+    (each setting up .venv from constraints.txt first)."""
+    quick = blocks("bash")[0].strip().splitlines()
+    assert quick == ["make main", "make test"]
     ci = (ROOT / ".ci" / "run").read_text()
-    setup, tests = blocks("bash")[:2]
-    ci_setup = ci.split("# --- README: set up")[1].split("# --- end set up")[0]
     ci_tests = ci.split("# --- README: tests")[1].split("# --- end tests")[0]
-    # the README chains the set-up steps with && ; CI runs the same steps one per line
-    for step in setup.strip().split(" && "):
-        assert step.strip() in ci_setup, step
-    assert tests.strip() in ci_tests
+    assert [line for line in ci_tests.splitlines() if line.startswith("make")] == ["make test"]
+    make = (ROOT / "Makefile").read_text()
+    for target in ("main: $(STAMP)", "test: $(STAMP)", "$(STAMP): pyproject.toml constraints.txt"):
+        assert target in make, target
+    assert "-c constraints.txt" in make
