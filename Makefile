@@ -22,5 +22,5 @@ test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q
 
 lock: $(STAMP)
-	$(VENV)/bin/pip freeze --exclude-editable | grep -v '^native-mm' > constraints.txt.new
+	$(VENV)/bin/pip freeze --all --exclude-editable | grep -v '^native-mm\|^pip==' > constraints.txt.new
 	@echo "review constraints.txt.new (keep the header) and move it over constraints.txt"

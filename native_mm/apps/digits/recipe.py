@@ -8,9 +8,10 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from native_mm import resources
 from native_mm.io import read_yaml
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = resources.root()  # the clone, or the installed package data: recipes/, tokenizers/
 
 
 @dataclasses.dataclass

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from native_mm import resources
+
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 # espeak-ng accents (``espeak-ng --voices=en``) and voice variants (``--voices=variant``).
 ACCENTS = ("en", "en-us", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-us-nyc", "en-029")
@@ -40,7 +42,7 @@ HELDOUT_VARIANTS = frozenset({"f4", "m4"})
 FLITE_VOICES = ("kal", "kal16", "awb", "rms", "slt")
 FLITE_STRETCH = (1.0, 1.25)
 SAMPLE_RATE = 8000
-DEFAULT_DIR = Path(__file__).resolve().parents[3] / "recipes" / "data" / "spoken_digits"
+DEFAULT_DIR = resources.path("recipes/data/spoken_digits")  # shipped with the package
 
 
 @dataclass(frozen=True)
