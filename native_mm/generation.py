@@ -419,8 +419,7 @@ def encode_prompt(
 
 def audio_frames_for(seconds: float, tokenizers: Any) -> int:
     """Audio duration in seconds -> code frames, from the audio tokenizer's frame rate."""
-    rate = getattr(getattr(tokenizers["audio"], "config", None), "frame_rate", None)
-    rate = rate or getattr(tokenizers["audio"], "frame_rate", None)
+    rate = tokenizers["audio"].frame_rate  # part of the tokenizer interface
     if not rate:
         raise GenerationError("the audio tokenizer has no frame_rate; give audio_frames")
     return max(1, round(seconds * rate))

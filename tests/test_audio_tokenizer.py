@@ -236,3 +236,13 @@ def test_train_cli_resumes_and_eval(tmp_path):
     assert m["splits"]["all"]["clips"] == 2 and math.isfinite(m["splits"]["all"]["si_snr_db"])
     assert main(["tokenizer", "train", "audio", "--config", str(tmp_path / "nope.yaml"),
                  "--out", str(out)]) == 1  # fmt: skip
+
+
+def test_frame_rate_is_part_of_the_tokenizer_interface(tiny, tiny_tokenizers):
+    """Generation asks any tokenizer for its frame rate: audio has one, images none."""
+    from native_mm.generation import audio_frames_for
+
+    assert tiny.frame_rate == tiny.config.frame_rate > 0
+    assert tiny_tokenizers["image"].frame_rate is None
+    rate = tiny_tokenizers["audio"].frame_rate
+    assert audio_frames_for(2.0, tiny_tokenizers) == round(2.0 * rate)

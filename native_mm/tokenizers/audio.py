@@ -228,6 +228,10 @@ class AudioTokenizer(TorchTokenizer):
     def sample_rate(self) -> int:
         return self.config.sample_rate
 
+    @property
+    def frame_rate(self) -> float:
+        return self.config.frame_rate
+
     def code_vectors(self) -> np.ndarray:
         """``(n_levels, K, dimension)``: each RVQ level's codebook (the residuals it adds)."""
         import torch

@@ -60,6 +60,12 @@ class Tokenizer(ABC):
         """Number of code levels (RVQ depth for audio, 1 otherwise)."""
         return 1
 
+    @property
+    def frame_rate(self) -> float | None:
+        """Code frames per second of media that unfold in time (audio); None otherwise.
+        Generation turns a requested duration into a number of frames with it."""
+        return None
+
     @abstractmethod
     def encode(self, media: Any) -> np.ndarray:
         """Media (or a path to it) -> int64 local codes (shape: see module docstring)."""
