@@ -14,8 +14,8 @@ Layers, lowest first (each usable alone):
   :class:`~native_mm.model.Transformer` from prompt ids (KV cache or full recompute),
   streaming :class:`StepEvent` s with each row's new token and its finished spans.
 * :func:`generate` -- prompt segments (text / image path / audio path) in, decoded
-  text, PIL images and waveforms out, through a :class:`TokenizerSet`.
-* :func:`main` -- the ``native-mm generate`` verb.
+  text, PIL images and waveforms out, through a :class:`TokenizerSet`. The
+  ``native-mm generate`` verb is :mod:`native_mm.generate_cli`.
 
 Classifier-free guidance (image and audio outputs). The conditional stream is the
 prompt followed by the span opener; the **unconditional prompt is ``<bos>`` followed by
@@ -49,6 +49,7 @@ from native_mm.constraints import (
 )
 from native_mm.layouts import Layout
 from native_mm.model import Transformer
+from native_mm.sampling import SamplingConfig, sample_next
 from native_mm.sequence import SequenceCodec, Span
 from native_mm.vocab import BOA, BOI, BOS, PAD, Vocab
 
@@ -57,64 +58,6 @@ UNCOND_PREFIX: tuple[int, ...] = (BOS,)  # unconditional prompt = UNCOND_PREFIX 
 
 class PromptError(GenerationError):
     """A bad prompt segment: missing file, unsupported format, unknown kind."""
-
-
-# ---- sampling ----------------------------------------------------------------------------
-@dataclass
-class SamplingConfig:
-    """How tokens are drawn."""
-
-    max_new_tokens: int = 256  # generated tokens per row at most (also capped by block_size)
-    temperature: float = 1.0  # softmax temperature; 0 = greedy (argmax)
-    top_k: int | None = None  # keep the k most likely ids (None = all)
-    top_p: float | None = None  # nucleus: smallest set with probability >= p (None = all)
-    seed: int | None = None  # seeds a torch.Generator (None = torch's global RNG)
-    cfg_scale: float | None = None  # classifier-free guidance scale (None = no uncond stream)
-    use_cache: bool = True  # KV cache (False recomputes the whole sequence every step)
-
-    def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise GenerationError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise GenerationError(f"temperature must be >= 0, got {self.temperature}")
-        if self.top_k is not None and self.top_k < 1:
-            raise GenerationError(f"top_k must be >= 1, got {self.top_k}")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise GenerationError(f"top_p must be in (0, 1], got {self.top_p}")
-
-
-def filter_logits(logits: Tensor, top_k: int | None, top_p: float | None) -> Tensor:
-    """Set to -inf every logit outside the top-k and outside the top-p nucleus.
-
-    Args:
-        logits: ``(B, V)``; -inf entries (masked ids) stay -inf.
-
-    Returns:
-        ``(B, V)`` filtered copy. The most likely id always survives.
-    """
-    logits = logits.clone()
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
-        logits[logits < kth] = float("-inf")
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        probs = sorted_logits.softmax(dim=-1)
-        # Drop an id when the ids before it already reach p (so the first always stays).
-        drop_sorted = (probs.cumsum(dim=-1) - probs) >= top_p
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        logits[drop] = float("-inf")
-    return logits
-
-
-def sample_next(
-    logits: Tensor, cfg: SamplingConfig, generator: torch.Generator | None = None
-) -> Tensor:
-    """``(B, V)`` logits (masked ids at -inf) -> ``(B,)`` sampled ids."""
-    if cfg.temperature == 0:
-        return logits.argmax(dim=-1)
-    logits = filter_logits(logits.float() / cfg.temperature, cfg.top_k, cfg.top_p)
-    probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator)[:, 0]
 
 
 # ---- the generation loop -------------------------------------------------------------------
@@ -138,6 +81,7 @@ class GeneratedIds:
 
 
 def check_model_vocab(model: Transformer, vocab: Vocab) -> None:
+    """A model and a tokenizer set that disagree on the vocabulary size: an error."""
     if model.config.vocab_size != vocab.size:
         raise GenerationError(
             f"the model has vocab_size={model.config.vocab_size} but the tokenizer set's "
@@ -172,6 +116,69 @@ def _left_pad(rows: list[Tensor]) -> tuple[Tensor, Tensor]:
     return idx, pad
 
 
+class _Runner:
+    """The model over a shrinking batch, with a KV cache or recomputing all (reference):
+    ``start`` -> next-token logits, ``step`` feeds a token per row, ``select`` keeps rows."""
+
+    def __init__(self, model: Transformer, use_cache: bool, capacity: int) -> None:
+        self.model, self.use_cache, self.capacity = model, use_cache, capacity
+
+    def start(self, idx: Tensor, pad: Tensor | None) -> Tensor:
+        if self.use_cache:
+            self.cache = self.model.new_cache(idx.shape[0], self.capacity)
+            return self.model.prefill(idx, self.cache, pad)
+        self.seq, self.pad = idx, pad
+        return self.model(idx, pad)[:, -1]
+
+    def step(self, feed: Tensor) -> Tensor:
+        if self.use_cache:
+            return self.model.decode_step(feed, self.cache)
+        self.seq = torch.cat([self.seq, feed[:, None]], dim=1)
+        return self.model(self.seq, self.pad)[:, -1]
+
+    def select(self, rows: Tensor) -> None:
+        if self.use_cache:
+            self.cache.select(rows)
+        else:
+            self.seq = self.seq[rows]
+            self.pad = None if self.pad is None else self.pad[rows]
+
+
+def _rows(prompts: list[Tensor], opener: int | None, cfg_on: bool) -> list[Tensor]:
+    """The model's batch: the prompts, then (guidance) one unconditional row per prompt."""
+    if cfg_on and opener is None:
+        raise GenerationError(
+            "classifier-free guidance needs a forced image or audio output modality"
+        )
+    return prompts + [torch.tensor([*UNCOND_PREFIX, opener])] * len(prompts) if cfg_on else prompts
+
+
+def _budget(model: Transformer, prompt_len: int, con: Any, output: Any, sampling: Any) -> int:
+    """New tokens that fit after the longest prompt; an error if a forced span cannot."""
+    block = model.config.block_size
+    if prompt_len >= block:
+        raise PromptError(
+            f"prompt of {prompt_len} tokens leaves no room in the context (block_size={block})"
+        )
+    n_steps = min(sampling.max_new_tokens, block - prompt_len)
+    need = {"image": con.min_image_span - 1, "audio": con.min_audio_span - 1}
+    if output.constrained and need.get(output.modality or "", 0) > n_steps:
+        raise GenerationError(
+            f"a {output.modality} span needs {need[output.modality]} more tokens but only "
+            f"{n_steps} fit (max_new_tokens={sampling.max_new_tokens}, block_size={block}, "
+            f"longest prompt {prompt_len})"
+        )
+    return n_steps
+
+
+def _guided(logits: Tensor, cfg_scale: float | None) -> Tensor:
+    """Classifier-free guidance: the batch's halves are conditional, then unconditional."""
+    if cfg_scale is None:
+        return logits
+    cond, uncond = logits.chunk(2)
+    return uncond + cfg_scale * (cond - uncond)
+
+
 @torch.inference_mode()
 def stream_ids(
     model: Transformer,
@@ -198,41 +205,17 @@ def stream_ids(
     opener = MODALITY_OPENERS.get(output.modality or "")
     if opener is not None:
         prompts = [torch.cat([p, torch.tensor([opener])]) for p in prompts]
-    b = len(prompts)
-    cfg_on = sampling.cfg_scale is not None
-    if cfg_on and opener is None:
-        raise GenerationError(
-            "classifier-free guidance needs a forced image or audio output modality"
-        )
-    rows = prompts + [torch.tensor([*UNCOND_PREFIX, opener])] * b if cfg_on else prompts
-    idx, pad = _left_pad(rows)
-    block = model.config.block_size
-    if idx.shape[1] >= block:
-        raise PromptError(
-            f"prompt of {idx.shape[1]} tokens leaves no room in the context (block_size={block})"
-        )
-    n_steps = min(sampling.max_new_tokens, block - idx.shape[1])
+    b, cfg_on = len(prompts), sampling.cfg_scale is not None
+    idx, pad = _left_pad(_rows(prompts, opener, cfg_on))
     con = DecodeConstraint(codec, b, model.config.padded_vocab_size, output)
-    need = {"image": con.min_image_span - 1, "audio": con.min_audio_span - 1}
-    if output.constrained and need.get(output.modality or "", 0) > n_steps:
-        raise GenerationError(
-            f"a {output.modality} span needs {need[output.modality]} more tokens but only "
-            f"{n_steps} fit (max_new_tokens={sampling.max_new_tokens}, block_size={block}, "
-            f"longest prompt {idx.shape[1]})"
-        )
-    device = model.wte.weight.device
-    idx, pad = idx.to(device), pad.to(device)
+    n_steps = _budget(model, idx.shape[1], con, output, sampling)
     con.state_after(prompts)
-    gen = None
-    if sampling.seed is not None:
-        gen = torch.Generator(device=device).manual_seed(sampling.seed)
-    padded = pad if bool(pad.any()) else None
-    if sampling.use_cache:
-        cache = model.new_cache(len(rows), idx.shape[1] + n_steps)
-        logits = model.prefill(idx, cache, padded)
-    else:
-        seq = idx
-        logits = model(seq, padded)[:, -1]
+    device = model.wte.weight.device
+    gen = (
+        None if sampling.seed is None else torch.Generator(device=device).manual_seed(sampling.seed)
+    )
+    runner = _Runner(model, sampling.use_cache, idx.shape[1] + n_steps)
+    logits = runner.start(idx.to(device), pad.to(device) if bool(pad.any()) else None)
     finished = torch.zeros(b, dtype=torch.bool)
     alive = torch.arange(b)  # batch rows still in the model's batch (finished ones leave)
     pending = [
@@ -241,10 +224,7 @@ def stream_ids(
     start_closed = con.closed.clone()
     stop = torch.tensor(sorted(set(output.stop_tokens)), dtype=torch.long)
     for step in range(n_steps):
-        logits = logits.float()  # (n, V) for the n alive rows (2n with guidance)
-        if cfg_on:
-            cond, uncond = logits.chunk(2)
-            logits = uncond + sampling.cfg_scale * (cond - uncond)
+        logits = _guided(logits.float(), sampling.cfg_scale)  # (n, V) for the n alive rows
         if output.constrained:
             mask = con.allowed(n_steps - step)[alive].to(device)
         else:  # any valid id; the state machine still tracks spans for streaming
@@ -266,20 +246,10 @@ def stream_ids(
         keep = ~finished[alive]
         if not bool(keep.all()):  # drop finished rows from the batch (and their cache)
             sel = torch.nonzero(keep).flatten()
-            sel = torch.cat([sel, sel + len(alive)]) if cfg_on else sel
+            runner.select((torch.cat([sel, sel + len(alive)]) if cfg_on else sel).to(device))
             alive = alive[keep]
-            if sampling.use_cache:
-                cache.select(sel.to(device))
-            else:
-                seq = seq[sel.to(device)]
-                padded = None if padded is None else padded[sel.to(device)]
         feed = tok[alive]
-        feed = (torch.cat([feed, feed]) if cfg_on else feed).to(device)
-        if sampling.use_cache:
-            logits = model.decode_step(feed, cache)
-        else:
-            seq = torch.cat([seq, feed[:, None]], dim=1)
-            logits = model(seq, padded)[:, -1]
+        logits = runner.step((torch.cat([feed, feed]) if cfg_on else feed).to(device))
 
 
 def _open_span_tail(prompt: Tensor) -> list[int]:

@@ -16,7 +16,6 @@ from native_mm.generation import (
     PromptError,
     SamplingConfig,
     encode_prompt,
-    filter_logits,
     generate,
     generate_ids,
     sample_next,
@@ -24,6 +23,7 @@ from native_mm.generation import (
 )
 from native_mm.layouts import AudioFrameMajor, Layout
 from native_mm.model import ModelConfig, Transformer
+from native_mm.sampling import filter_logits
 from native_mm.sequence import SequenceCodec
 from native_mm.tokenizers.base import TokenizerSet, Waveform
 from native_mm.vocab import BOA, BOI, BOS, EOA, EOI, EOS, PAD, Vocab
