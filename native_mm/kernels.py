@@ -19,6 +19,7 @@ the plain path (values and gradients). On other devices, under autocast, under
 from __future__ import annotations
 
 import ctypes
+import functools
 import sys
 
 import torch
@@ -186,6 +187,11 @@ def head_cross_entropy(
 _HUGE_PAGE = 2 << 20
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None)  # the process's own C library, opened once
+
+
 def _empty_huge(shape: tuple[int, ...], like: Tensor) -> Tensor:
     """An empty CPU tensor whose memory Linux may back with 2 MB pages (``madvise``, before
     the first write). Decoding streams every weight once per token: with 4 KB pages the
@@ -196,7 +202,7 @@ def _empty_huge(shape: tuple[int, ...], like: Tensor) -> Tensor:
         try:
             start = -(-t.data_ptr() // _HUGE_PAGE) * _HUGE_PAGE
             end = (t.data_ptr() + size) // _HUGE_PAGE * _HUGE_PAGE
-            ctypes.CDLL(None).madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), 14)
+            _libc().madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), 14)
         except (OSError, AttributeError):  # no libc symbol: 4 KB pages, same values
             pass
     return t

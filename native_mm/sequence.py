@@ -34,10 +34,6 @@ if TYPE_CHECKING:  # tokenizers import sequence-free code only; keep the arrow o
 KINDS = ("text", "image", "audio")
 
 
-def media_closer(opener: int) -> int:
-    return EOI if opener == BOI else EOA
-
-
 _CONTROL = (PAD, SEP, UNCOND)
 
 
@@ -196,7 +192,7 @@ class SequenceCodec:
                 media = getattr(self.layout, kind)
                 if media is None:
                     fail(f"position {i}: an {kind} span, but this vocabulary has no {kind} range")
-                    i = close(ids, i, media_closer(tok))[0]
+                    i = close(ids, i, EOI if tok == BOI else EOA)[0]
                     continue
                 codes, i, err = media.decode(ids, i, v)
                 if err:

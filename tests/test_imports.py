@@ -1,6 +1,7 @@
 """The package's import graph flows one way: no cycles, and the library never imports an
-application (``native_mm.apps.*``). Every import statement counts, also the lazy ones
-inside functions; only ``if TYPE_CHECKING:`` blocks (never executed) are left out."""
+application (``native_mm.apps.*``). Every import statement counts: the lazy ones inside
+functions and the ``if TYPE_CHECKING:`` ones too (a type-only cycle is still two modules
+that cannot be read apart)."""
 
 from __future__ import annotations
 
@@ -16,22 +17,12 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _type_checking(node: ast.AST) -> bool:
-    test = getattr(node, "test", None)
-    return isinstance(node, ast.If) and (
-        (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING")
-        or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
-    )
-
-
 def _imports(tree: ast.AST, here: str, modules: set[str], is_pkg: bool = False) -> set[str]:
     """The package modules a module imports (``from a import b`` is ``a.b`` if a module)."""
     found: set[str] = set()
     package = here.split(".") if is_pkg else here.split(".")[:-1]
 
     def visit(node: ast.AST) -> None:
-        if _type_checking(node):
-            return
         if isinstance(node, ast.Import):
             found.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -108,7 +99,7 @@ def test_the_checks_can_fail():
     tree = ast.parse("def f():\n    from native_mm import b\n    from .apps import x\n")
     assert _imports(tree, "native_mm.a", mods) == {"native_mm.b", "native_mm.apps.x"}
     tc = ast.parse("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import native_mm.b\n")
-    assert _imports(tc, "native_mm.a", mods) == set()
+    assert _imports(tc, "native_mm.a", mods) == {"native_mm.b"}
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 

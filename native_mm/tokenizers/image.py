@@ -49,66 +49,9 @@ from einops import rearrange
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from native_mm.tokenizers.base import MediaError, TorchTokenizer
-from native_mm.tokenizers.vqgan import VQGAN
+from native_mm.tokenizers.vqgan import VQGAN, ImageConfig
 
-QUANTIZERS = ("vq", "fsq", "lfq")
 ImageLike = str | Path | Image.Image
-
-
-@dataclasses.dataclass
-class ImageConfig:
-    """VQ-GAN architecture, quantizer and preprocessing policy (all JSON-serialisable)."""
-
-    factor: int = 8  # downsampling factor f: 4, 8 or 16 (code grid = H/f x W/f)
-    channels: int = 64  # base width of the first encoder / last decoder stage
-    channel_mult: tuple[int, ...] = (1, 2, 2, 4)  # width multipliers, log2(f) + 1 stages
-    num_res_blocks: int = 1  # residual blocks per stage
-    attention: bool = False  # self-attention block at the lowest resolution
-    norm: str = "group"  # "group" (GroupNorm, taming) or "layer" (per-pixel, size-independent)
-    z_channels: int = 64  # latent width D fed to the quantizer
-    quantizer: str = "vq"  # "vq" (VectorQuantize), "fsq" or "lfq"
-    codebook_size: int = 512  # K; for fsq it must equal prod(fsq_levels), for lfq a power of 2
-    codebook_dim: int = 16  # vq: low-dimensional code lookup (factorised codes), 0 = D
-    use_cosine_sim: bool = False  # vq: l2-normalised codes and inputs
-    ema_decay: float = 0.9  # vq: EMA decay of the codebook
-    kmeans_init: bool = True  # vq: initialise the codebook by k-means on the first batch
-    dead_code_threshold: float = 1.0  # vq: replace codes whose EMA count falls below this
-    commitment_weight: float = 0.25  # vq/lfq: commitment loss weight (inside the quantizer)
-    fsq_levels: tuple[int, ...] = (8, 8, 8)  # fsq: levels per dimension
-    lfq_entropy_weight: float = 0.1  # lfq: entropy auxiliary loss weight
-    min_size: int = 32  # images whose longest side is smaller are enlarged to it
-    max_size: int = 256  # images whose longest side is larger are shrunk to it
-    max_pixels: int = 64_000_000  # decompression-bomb guard (width * height of the file)
-    resample: str = "bicubic"  # PIL resampling used by the resize policy
-    batch_size: int = 32  # images per forward pass in batch encode/decode
-
-    def __post_init__(self) -> None:
-        self.channel_mult = tuple(int(m) for m in self.channel_mult)
-        self.fsq_levels = tuple(int(v) for v in self.fsq_levels)
-        if self.factor not in (4, 8, 16):
-            raise ValueError(f"factor must be 4, 8 or 16, got {self.factor}")
-        if len(self.channel_mult) != int(math.log2(self.factor)) + 1:
-            raise ValueError(
-                f"channel_mult {self.channel_mult} must have log2(factor) + 1 = "
-                f"{int(math.log2(self.factor)) + 1} entries for factor {self.factor}"
-            )
-        if self.quantizer not in QUANTIZERS:
-            raise ValueError(f"quantizer must be one of {QUANTIZERS}, got {self.quantizer!r}")
-        if self.quantizer == "fsq" and self.codebook_size != math.prod(self.fsq_levels):
-            raise ValueError(
-                f"fsq codebook_size must be prod(fsq_levels) = {math.prod(self.fsq_levels)}, "
-                f"got {self.codebook_size}"
-            )
-        if self.quantizer == "lfq" and self.codebook_size & (self.codebook_size - 1):
-            raise ValueError(f"lfq codebook_size must be a power of 2, got {self.codebook_size}")
-        if self.channels % 8 or self.z_channels < 1:
-            raise ValueError(f"channels must be a multiple of 8, got {self.channels}")
-        if not self.factor <= self.min_size <= self.max_size:
-            raise ValueError(f"need factor <= min_size <= max_size, got {self}")
-        if self.norm not in ("group", "layer"):
-            raise ValueError(f"norm must be 'group' or 'layer', got {self.norm!r}")
-        if self.resample not in ("nearest", "bilinear", "bicubic", "lanczos", "box"):
-            raise ValueError(f"unknown resample {self.resample!r}")
 
 
 # ---------------------------------------------------------------- image IO and policy
