@@ -192,33 +192,45 @@ def _libc() -> ctypes.CDLL:
     return ctypes.CDLL(None)  # the process's own C library, opened once
 
 
-def _empty_huge(shape: tuple[int, ...], like: Tensor) -> Tensor:
-    """An empty CPU tensor whose memory Linux may back with 2 MB pages (``madvise``, before
-    the first write). Decoding streams every weight once per token: with 4 KB pages the
-    TLB misses cost ~8% of batch-1 tokens/s here (benchmarks/before_after.py)."""
-    t = torch.empty(shape, dtype=like.dtype)
-    size = t.numel() * t.element_size()
-    if sys.platform.startswith("linux") and size >= _HUGE_PAGE:
+def _huge_block(numel: int, dtype: torch.dtype) -> Tensor:
+    """A flat CPU tensor starting on a 2 MB boundary, which Linux may back with 2 MB pages
+    (``madvise`` before the first write). Decoding streams every weight once per token:
+    with 4 KB pages, or weights scattered over separate allocations, TLB misses cost
+    ~8% of batch-1 tokens/s here (benchmarks/before_after.py)."""
+    per_page = _HUGE_PAGE // torch.empty((), dtype=dtype).element_size()
+    raw = torch.empty(numel + per_page, dtype=dtype)
+    skip = (-raw.data_ptr() % _HUGE_PAGE) // raw.element_size()
+    block = raw[skip : skip + numel]
+    if sys.platform.startswith("linux") and numel >= per_page:
         try:
-            start = -(-t.data_ptr() // _HUGE_PAGE) * _HUGE_PAGE
-            end = (t.data_ptr() + size) // _HUGE_PAGE * _HUGE_PAGE
-            _libc().madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), 14)
+            size = (numel * raw.element_size() + _HUGE_PAGE - 1) // _HUGE_PAGE * _HUGE_PAGE
+            _libc().madvise(ctypes.c_void_p(block.data_ptr()), ctypes.c_size_t(size), 14)
         except (OSError, AttributeError):  # no libc symbol: 4 KB pages, same values
             pass
-    return t
+    return block
 
 
 def decode_layout(model: nn.Module) -> nn.Module:
-    """Store every ``nn.Linear`` weight column-major, in place (inference only).
+    """Store every ``nn.Linear`` weight column-major, in place (inference only), all in
+    one 2 MB-aligned block in the order a decode step reads them.
 
     Shapes, names and values are unchanged (``state_dict`` holds the same numbers); only
     the memory order differs, so ``F.linear``'s ``x @ W.T`` reads a row-major matrix.
     """
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    linears = [m for m in linears if m.weight.device.type == "cpu"]
+    linears = [m for m in linears if m.weight.dtype == linears[0].weight.dtype]
+    if not linears:
+        return model
+    align = 16  # elements: each weight starts on a 64-byte line
+    sizes = [-(-m.weight.numel() // align) * align for m in linears]
+    block = _huge_block(sum(sizes), linears[0].weight.dtype)
     with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.Linear) and m.weight.device.type == "cpu":
-                w = m.weight.data
-                rows = _empty_huge((w.shape[1], w.shape[0]), w)  # (in, out), row-major
-                rows.copy_(w.t())
-                m.weight.data = rows.t()
+        offset = 0
+        for m, size in zip(linears, sizes, strict=True):
+            w = m.weight.data
+            rows = block[offset : offset + w.numel()].view(w.shape[1], w.shape[0])
+            rows.copy_(w.t())  # (in, out), row-major
+            m.weight.data = rows.t()
+            offset += size
     return model

@@ -114,6 +114,10 @@ def test_decode_layout_keeps_values_and_tokens():
         sd = {k: v.clone() for k, v in model.state_dict().items()}
         kernels.decode_layout(model)
         assert not model.blocks[0].attn.qkv.weight.is_contiguous()  # column-major now
+        weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+        starts = [w.data_ptr() for w in weights]  # one block, in module order, 2 MB-aligned
+        assert starts == sorted(starts) and starts[0] % (2 << 20) == 0
+        assert len({w.untyped_storage().data_ptr() for w in weights}) == 1
         torch.testing.assert_close(model(prompt), ref)
         assert all(torch.equal(v, model.state_dict()[k]) for k, v in sd.items())
 
