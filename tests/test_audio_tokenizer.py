@@ -11,6 +11,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from native_mm.apps.digits import speech
 from native_mm.tokenizers.audio import AudioConfig, AudioTokenizer
 from native_mm.tokenizers.base import MediaError, Waveform
 
@@ -31,7 +32,9 @@ HOP = 160
 
 
 def speech_clips(n: int = 6) -> list[np.ndarray]:
-    files = sorted((DIGITS / "train").glob("*.wav"))[:: 480 // n][:n]
+    grid = {f"{a}+{v}" for a in speech.ACCENTS for v in speech.VARIANTS}  # the first 480
+    files = sorted(f for f in (DIGITS / "train").glob("*.flac") if f.stem[:-2] in grid)
+    files = files[:: 480 // n][:n]
     return [sf.read(f, dtype="float32")[0] for f in files]
 
 

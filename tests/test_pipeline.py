@@ -148,8 +148,15 @@ def test_smoke_pipeline_every_stage(tmp_path: Path) -> None:
     assert span.codes.shape == (levels, 4) and isinstance(g.outputs[0], Waveform)
     alone = evaluate_checkpoint(out / "lm/checkpoints/last.ckpt", out / "tokenizers/set",
                                 tmp_path / "eval2", EvalConfig(max_items=2, batch_size=2,
-                                audio_max_seconds=0.3), progress=False)  # fmt: skip
+                                audio_max_seconds=0.3, robustness_items=3),
+                                progress=False)  # fmt: skip
     assert alone["layout"]["audio"]["levels"] == levels
+    rob = alone["robustness"]  # inputs from outside the training distribution, judged alike
+    counts = {g: {d: r["n"] for d, r in rows.items()} for g, rows in rob.items()}
+    assert counts == {"unseen synthesizer": {"audio->text": 3, "audio->image": 3},
+                      "unseen wording": {"text->image": 3, "text->audio": 3}}  # fmt: skip
+    assert "| unseen wording | text->image |" in (tmp_path / "eval2" / "eval.md").read_text()
+    assert "audio_judge_unseen_synth" in alone["judges"]
     # `native-mm eval --config RECIPE` takes the recipe's eval settings; flags win
     from native_mm.apps.digits.evaluation import main as eval_main
 
@@ -157,7 +164,7 @@ def test_smoke_pipeline_every_stage(tmp_path: Path) -> None:
     assert eval_main(["--ckpt", str(out / "lm/checkpoints/last.ckpt"), "--tokenizers",
                       str(out / "tokenizers/set"), "--out", str(tmp_path / "eval3"),
                       "--config", str(RECIPE), "--max-items", "2", "--batch-size", "2",
-                      "--audio-max-seconds", "0.3"]) == 0  # fmt: skip
+                      "--audio-max-seconds", "0.3", "--robustness-items", "1"]) == 0  # fmt: skip
     eval3 = json.loads((tmp_path / "eval3/eval.json").read_text())
     cfg = eval3["config"]
     assert cfg["max_items"] == 2 and eval3["layout"]["audio"]["levels"] == levels

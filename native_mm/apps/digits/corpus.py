@@ -5,8 +5,9 @@ Real data only, all of it installed with the package:
 - images: scikit-learn's handwritten digits (:mod:`native_mm.apps.digits.images`), TRAIN split
   only (the held-out writers' images are never written here), upscaled to
   ``image_size`` and optionally augmented with small random affine warps;
-- audio: the committed espeak-ng spoken digits (:mod:`native_mm.apps.digits.speech`), TRAIN
-  voices only, optionally augmented with speed (tempo + pitch) and gain perturbations;
+- audio: the committed spoken digits (:mod:`native_mm.apps.digits.speech`: espeak-ng,
+  festival and Piper voices), TRAIN voices only, optionally augmented with speaker, room,
+  channel, noise and silence perturbations (:mod:`native_mm.apps.digits.augment`);
 - text: captions and prompts with varied wording ("a handwritten seven", "the digit 7",
   "seven", "7", "draw a 7", "say seven", ...).
 
@@ -27,6 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
+from native_mm.apps.digits.augment import augment_audio, augment_image
+from native_mm.apps.digits.wording import fill, free_prompt
+
 DIRECTIONS: tuple[str, ...] = (
     "text->image",
     "image->text",
@@ -35,7 +39,6 @@ DIRECTIONS: tuple[str, ...] = (
     "image->audio",
     "audio->image",
 )
-WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 # Captions that name the digit of an image / a clip (targets of X->text, prompts too).
 IMAGE_CAPTIONS = (
@@ -75,6 +78,7 @@ class CorpusConfig:
     )
     question_rate: float = 0.2  # share of X->text documents whose answer follows a question
     prompt_loss: bool = True  # False: the prompt segment of direction docs gets "loss": false
+    free_wording: float = 0.5  # share of text->X prompts in free wording (wording.py)
     max_images: int = 0  # use at most this many train images (0 = all; smoke runs)
     max_clips: int = 0  # use at most this many train clips (0 = all; smoke runs)
     audio_root: str = ""  # spoken-digits directory ("" = the committed clips)
@@ -86,52 +90,12 @@ class CorpusConfig:
         for k, v in self.docs.items():
             if int(v) < 0:
                 raise CorpusError(f"corpus.docs[{k!r}] = {v}: must be >= 0")
+        if not 0.0 <= self.free_wording <= 1.0:
+            raise CorpusError(f"corpus.free_wording = {self.free_wording}: must be in [0, 1]")
         if not 0.0 <= self.question_rate <= 1.0:
             raise CorpusError(f"corpus.question_rate = {self.question_rate}: must be in [0, 1]")
         if self.image_size < 8:
             raise CorpusError(f"corpus.image_size = {self.image_size}: must be >= 8")
-
-
-def fill(template: str, digit: int) -> str:
-    """A wording template with ``{d}`` (numeral), ``{w}`` (word), ``{W}`` (Word) filled."""
-    w = WORDS[digit]
-    return template.format(d=digit, w=w, W=w.capitalize())
-
-
-def augment_image(img, rng: np.random.Generator):  # PIL.Image -> PIL.Image
-    """A small random affine warp: rotation +-10 deg, scale 0.9-1.1, shift +-6% of the side."""
-    from PIL import Image
-
-    n = img.size[0]
-    angle = float(rng.uniform(-10, 10))
-    scale = float(rng.uniform(0.9, 1.1))
-    tx, ty = (float(v) for v in rng.uniform(-0.06, 0.06, 2) * n)
-    a = np.deg2rad(angle)
-    # inverse map output -> input around the centre
-    c, s = np.cos(a) / scale, np.sin(a) / scale
-    cx = cy = (n - 1) / 2
-    coeffs = (
-        c, s, cx - c * (cx + tx) - s * (cy + ty),
-        -s, c, cy + s * (cx + tx) - c * (cy + ty),
-    )  # fmt: skip
-    return img.transform((n, n), Image.Transform.AFFINE, coeffs, Image.Resampling.BILINEAR)
-
-
-def augment_audio(x: np.ndarray, sr: int, rng: np.random.Generator) -> np.ndarray:
-    """Speed perturbation (x0.85-1.15 in steps of 1/40, tempo and pitch together) and gain 0.5-1.0.
-
-    Args:
-        x: mono float32 samples ``(N,)``.
-    """
-    import torch
-    import torchaudio.functional as AF
-
-    # rates on a 1/40 grid keep the polyphase resampling kernel small (gcd = sr / 40)
-    steps = int(rng.integers(-6, 7))  # factor = 1 + steps / 40 in [0.85, 1.15]
-    y = AF.resample(torch.from_numpy(np.ascontiguousarray(x)), sr + steps * sr // 40, sr)
-    y = y.numpy()
-    y = y / max(float(np.abs(y).max()), 1e-6) * float(rng.uniform(0.5, 1.0)) * 0.8
-    return y.astype(np.float32)
 
 
 def _image_pool(cfg: CorpusConfig, root: Path, rng: np.random.Generator) -> dict[int, list[str]]:
@@ -206,7 +170,8 @@ def _segments(
     src, dst = direction.split("->")
     if src == "text":
         prompts = IMAGE_PROMPTS if dst == "image" else AUDIO_PROMPTS
-        first = {"text": fill(r.choice(prompts), digit)}
+        free = r.random() < cfg.free_wording
+        first = {"text": free_prompt(dst, digit, r) if free else fill(r.choice(prompts), digit)}
     else:
         first = media(src)
     if not cfg.prompt_loss:

@@ -12,8 +12,10 @@ decoded through the tokenizers and judged by something that never saw the model:
                                 ORIGINAL clips of the training voices
 
 Prompts come from the held-out split only: held-out writers' images and held-out voices'
-clips; text prompts use the training wordings (text has no writers). The judges' own
-accuracy on original held-out media is reported next to the table.
+clips; text prompts use the training wordings (text has no writers). Robustness rows
+beside them ask with inputs the model never saw: the unseen synthesizer's clips and
+unseen wordings (:func:`native_mm.apps.digits.prompts.robustness_items`). The judges' own
+accuracy on original held-out and unseen media is reported next to the table.
 
 Outputs in ``--out``: ``eval.json``, ``eval.md`` (the table), ``grid_text_to_image.png``
 and ``grid_audio_to_image.png`` (a row per digit), ``wav/`` (a few generated clips). All
@@ -35,8 +37,16 @@ from typing import Any
 
 import numpy as np
 
-from native_mm.apps.digits.corpus import AUDIO_PROMPTS, DIRECTIONS, IMAGE_PROMPTS, WORDS, fill
+from native_mm.apps.digits.corpus import DIRECTIONS
+from native_mm.apps.digits.prompts import (
+    Item,
+    build_items,
+    heldout_clips,
+    heldout_images,
+    robustness_items,
+)
 from native_mm.apps.digits.recipe import EvalConfig, eval_settings, load_recipe
+from native_mm.apps.digits.wording import WORDS
 
 _DIGIT_RE = re.compile(r"\b(" + "|".join(WORDS) + r")\b|(\d)", re.IGNORECASE)
 
@@ -47,80 +57,6 @@ def parse_digit(text: str) -> int:
     if m is None:
         return -1
     return WORDS.index(m.group(1).lower()) if m.group(1) else int(m.group(2))
-
-
-@dataclasses.dataclass
-class Item:
-    """One prompt of one direction and the digit its answer should show."""
-
-    prompt: list[tuple[str, Any]]  # (kind, value) segments: str, PIL image or Waveform
-    digit: int
-
-
-# ---- held-out material -----------------------------------------------------------------
-def heldout_images(size: int, split: str = "heldout") -> tuple[list[Any], np.ndarray]:
-    """Held-out (or ``split``) digit images as PIL (``size`` px) and their labels."""
-    from native_mm.apps.digits import images as digits
-
-    x, y = digits.load(split)
-    return [digits.to_pil(im, size) for im in x], y
-
-
-def heldout_clips(root: str | None = None, split: str = "heldout") -> tuple[list[Any], np.ndarray]:
-    """Held-out (or ``split``) voices' clips as :class:`Waveform` and their labels."""
-    import soundfile as sf
-
-    from native_mm.apps.digits import speech
-    from native_mm.tokenizers.base import Waveform
-
-    clips = speech.read_manifest(root or speech.DEFAULT_DIR, split=split)
-    wavs = []
-    for c in clips:
-        x, sr = sf.read(c.path, dtype="float32", always_2d=True)
-        wavs.append(Waveform(x.mean(axis=1)[None], sr))
-    return wavs, np.array([c.digit for c in clips])
-
-
-def _spread(n_total: int, labels: np.ndarray, k: int) -> list[int]:
-    """At most ``k`` indices, balanced over the digits, deterministic."""
-    if k >= n_total:
-        return list(range(n_total))
-    per = {d: list(np.flatnonzero(labels == d)) for d in range(10)}
-    out: list[int] = []
-    i = 0
-    while len(out) < k:
-        for d in range(10):
-            if i < len(per[d]) and len(out) < k:
-                out.append(int(per[d][i]))
-        i += 1
-    return sorted(out)
-
-
-def build_items(
-    cfg: EvalConfig, audio_root: str | None = None, split: str = "heldout"
-) -> dict[str, list[Item]]:
-    """The prompts of every direction (held-out media, training wordings).
-
-    ``split="train"`` takes the training writers' and voices' media instead: a dev set for
-    choosing sampling settings without looking at held-out media.
-    """
-    imgs, img_y = heldout_images(cfg.image_size, split)
-    wavs, wav_y = heldout_clips(audio_root, split)
-    ii = _spread(len(imgs), img_y, cfg.max_items)
-    aa = _spread(len(wavs), wav_y, cfg.max_items)
-    n_text = cfg.max_items
-    items: dict[str, list[Item]] = {
-        "image->text": [Item([("image", imgs[i])], int(img_y[i])) for i in ii],
-        "audio->text": [Item([("audio", wavs[i])], int(wav_y[i])) for i in aa],
-        "image->audio": [Item([("image", imgs[i])], int(img_y[i])) for i in ii],
-        "audio->image": [Item([("audio", wavs[i])], int(wav_y[i])) for i in aa],
-    }
-    for name, prompts in (("text->image", IMAGE_PROMPTS), ("text->audio", AUDIO_PROMPTS)):
-        items[name] = [
-            Item([("text", fill(prompts[(j // 10) % len(prompts)], j % 10))], j % 10)
-            for j in range(n_text)
-        ]
-    return {d: items[d] for d in DIRECTIONS}
 
 
 # ---- judges ------------------------------------------------------------------------------
@@ -151,10 +87,14 @@ class Judges:
         """Each judge's accuracy on the ORIGINAL held-out media."""
         imgs, img_y = heldout_images(cfg.image_size)
         wavs, wav_y = heldout_clips(audio_root)
-        return {
+        own = {
             "image_judge_heldout": float((self.image_labels(imgs) == img_y).mean()),
             "audio_judge_heldout_voices": float((self.audio_labels(wavs) == wav_y).mean()),
         }
+        unseen, unseen_y = heldout_clips(audio_root, "unseen_synth")
+        if unseen:  # the synthesizer family kept out of training (the judge's too)
+            own["audio_judge_unseen_synth"] = float((self.audio_labels(unseen) == unseen_y).mean())
+        return own
 
 
 def judge(judges: Judges, kind: str, outputs: Sequence[Any]) -> np.ndarray:
@@ -305,10 +245,18 @@ def markdown_table(result: dict) -> str:
     for d in [d for d in DIRECTIONS if d in rows]:
         r = rows[d]
         lines.append(f"| {d} | {100 * r['accuracy']:.1f}% | {r['n']} | {by[d.split('->')[1]]} |")
+    rob = result.get("robustness") or {}
+    if rob:
+        lines += ["", "| prompts the model never saw | direction | accuracy | n | held-out row |",
+                  "| --- | --- | --- | --- | --- |"]  # fmt: skip
+    for group, group_rows in rob.items():
+        for d, r in group_rows.items():
+            ref = f"{100 * rows[d]['accuracy']:.1f}%" if d in rows else "-"
+            lines.append(f"| {group} | {d} | {100 * r['accuracy']:.1f}% | {r['n']} | {ref} |")
     own = result.get("judges")
     if own:
         lines.append("")
-        lines.append("| judge on ORIGINAL held-out media | accuracy |")
+        lines.append("| judge on ORIGINAL media (held-out / unseen) | accuracy |")
         lines.append("| --- | --- |")
         for k, v in own.items():
             lines.append(f"| {k} | {100 * v:.1f}% |")
@@ -453,8 +401,13 @@ def evaluate_checkpoint(
         )
     items = build_items(cfg, audio_root)
     gen_fn = model_generator(lm.model, tokenizers, cfg, lm.layout)
-    extra = {"judges": own, "checkpoint": str(ckpt), "tokenizers": str(tokenizers_dir),
-             "layout": lm.layout.to_dict()}  # fmt: skip
+    robustness = {}  # prompts from outside the training distribution (prompts.py)
+    for group, its in robustness_items(cfg, audio_root).items():
+        if progress:
+            print(f"eval robustness: {group}", flush=True)
+        robustness[group] = evaluate(gen_fn, its, judges, cfg=cfg, progress=progress)["directions"]
+    extra = {"judges": own, "robustness": robustness, "checkpoint": str(ckpt),
+             "tokenizers": str(tokenizers_dir), "layout": lm.layout.to_dict()}  # fmt: skip
     result = evaluate(gen_fn, items, judges, out=out, cfg=cfg, progress=progress, extra=extra)
     result["seconds"] = round(time.perf_counter() - t0, 1)
     return result

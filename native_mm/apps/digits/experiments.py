@@ -332,8 +332,9 @@ def conflict_items(n: int, image_size: int = 16, seed: int = 0) -> list[Any]:
     Returns :class:`native_mm.apps.digits.evaluation.Item` whose ``digit`` is the IMAGE's digit; the
     text's digit is in ``item.text_digit`` (an attribute set here).
     """
-    from native_mm.apps.digits.corpus import IMAGE_CAPTIONS, fill
+    from native_mm.apps.digits.corpus import IMAGE_CAPTIONS
     from native_mm.apps.digits.evaluation import Item, heldout_images
+    from native_mm.apps.digits.wording import fill
 
     imgs, labels = heldout_images(image_size)
     rng = np.random.default_rng(seed)

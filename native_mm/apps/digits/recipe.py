@@ -19,6 +19,7 @@ class EvalConfig:
     """How the held-out evaluation generates and judges."""
 
     max_items: int = 200  # prompts per direction at most (held-out media are cycled/cut)
+    robustness_items: int = 200  # prompts per robustness row (unseen synth, wording; 0 = none)
     batch_size: int = 50  # prompts generated together
     image_size: int = 16  # side of the prompt images (the corpus' image_size)
     audio_max_seconds: float = 1.2  # longest audio the model may generate
