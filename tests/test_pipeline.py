@@ -7,10 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 
 from native_mm.apps.digits import images as digits
 from native_mm.apps.digits import speech
-from native_mm.apps.digits.corpus import DIRECTIONS, CorpusConfig, build_corpus
+from native_mm.apps.digits.corpus import DIRECTIONS, CorpusConfig, CorpusError, build_corpus
 from native_mm.apps.digits.evaluation import (
     EvalConfig,
     Item,
@@ -50,6 +51,16 @@ def test_corpus_is_deterministic_and_train_only(tmp_path: Path) -> None:
     docs = [json.loads(line) for line in text_a.splitlines()]
     kinds = {tuple(next(iter(s)) for s in d["segments"]) for d in docs}
     assert ("text", "image") in kinds and ("audio", "image") in kinds
+    # speech the model learns to generate is clean; recorded conditions only in prompts
+    big = build_corpus(
+        CorpusConfig(**SMALL | {"docs": {d: 60 for d in DIRECTIONS}}), tmp_path / "c"
+    )
+    assert big["documents"] == 360
+    docs_c = [json.loads(x) for x in (tmp_path / "c" / "documents.jsonl").read_text().splitlines()]
+    targets = [d["segments"][1]["audio"] for d in docs_c if "audio" in d["segments"][1]]
+    prompts = [d["segments"][0]["audio"] for d in docs_c if "audio" in d["segments"][0]]
+    assert targets and all(t.endswith("_0.wav") for t in targets)
+    assert any(p.endswith("_1.wav") for p in prompts) and any(p.endswith("_0.wav") for p in prompts)
     # every image in the corpus comes from the train split, never from the held-out writers
     from PIL import Image
 
@@ -220,3 +231,47 @@ def test_eval_sampling_settings_are_per_modality(monkeypatch: pytest.MonkeyPatch
     assert (seen["audio"].cfg_scale, seen["audio"].temperature) == (1.5, 0.8)
     assert seen["image"].max_new_tokens == 4 * 4 + 4
     assert seen["audio"].max_new_tokens == 50 * 2 + 2
+
+
+def test_corpus_audio_prompt_knobs(tmp_path: Path) -> None:
+    small = SMALL | {"max_clips": 10, "max_images": 10, "image_augment": 0,
+                     "docs": {"audio->text": 40, "text->audio": 20}}  # fmt: skip
+
+    def audio(cfg: CorpusConfig, name: str) -> tuple[list[str], list[str]]:
+        build_corpus(cfg, tmp_path / name)
+        docs = [
+            json.loads(x) for x in (tmp_path / name / "documents.jsonl").read_text().splitlines()
+        ]
+        prompts = [d["segments"][0]["audio"] for d in docs if "audio" in d["segments"][0]]
+        targets = [d["segments"][1]["audio"] for d in docs if "audio" in d["segments"][1]]
+        return prompts, targets
+
+    prompts, _ = audio(CorpusConfig(**small, clean_prompts=1.0), "clean")
+    assert prompts and all(p.endswith("_0.wav") for p in prompts)
+    prompts, _ = audio(CorpusConfig(**small, clean_prompts=0.0), "copies")
+    assert prompts and not any(p.endswith("_0.wav") for p in prompts)
+    # the narrow augmentation of the first main jobs: copies everywhere, same lengths +-15%
+    prompts, targets = audio(
+        CorpusConfig(**small | {"audio_augment": 3}, audio_augment_kind="speed_gain"), "sg"
+    )
+    assert not all(t.endswith("_0.wav") for t in targets)
+    for name in {p.rsplit("_", 1)[0] for p in prompts[:5]}:
+        n0 = len(sf.read(tmp_path / "sg" / f"{name}_0.wav")[0])
+        assert all(0.8 * n0 <= len(sf.read(tmp_path / "sg" / f"{name}_{k}.wav")[0]) <= 1.2 * n0
+                   for k in (1, 2, 3))  # fmt: skip
+    with pytest.raises(CorpusError, match="audio_augment_kind"):
+        CorpusConfig(audio_augment_kind="heavy")
+    with pytest.raises(CorpusError, match="clean_prompts"):
+        CorpusConfig(clean_prompts=1.5)
+
+
+@pytest.mark.parametrize("name", ["digits.yaml", "digits_wide.yaml"])
+def test_pipeline_recipes_load_with_their_tokenizers(name: str) -> None:
+    for smoke in (False, True):
+        recipe = load_recipe(REPO / "recipes" / name, smoke=smoke)
+        CorpusConfig(**recipe["corpus"])  # every corpus key is a field, every value valid
+        for kind in ("image", "audio"):
+            spec = recipe["tokenizers"][kind]
+            assert (REPO / spec["spec"]).is_file()
+            if spec.get("dir"):
+                assert (REPO / spec["dir"] / "weights.pt").is_file()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -96,3 +97,23 @@ def test_silence_pads_with_faint_noise():
     assert len(starts) == 1  # the word itself, untouched, between two quiet stretches
     a = starts[0]
     assert np.abs(np.concatenate([y[:a], y[a + len(x) :]])).max(initial=0) < 0.02
+
+
+def test_speech_augmented_adds_cached_copies_for_training_only(tmp_path, monkeypatch):
+    from native_mm.apps.digits import sources
+
+    clips = speech.read_manifest(split="train")[:2]
+    few = sources.LabeledMedia([str(c.path) for c in clips], [c.digit for c in clips], None)
+    monkeypatch.setattr(sources, "speech", lambda split: few)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    media = sources.speech_augmented("train")
+    k = sources.AUGMENTED_COPIES
+    assert len(media.items) == 2 * (1 + k) and media.items[:2] == few.items
+    assert media.labels == few.labels + [few.labels[0]] * k + [few.labels[1]] * k
+    copies = [sf.read(p, dtype="float32")[0] for p in media.items[2:]]
+    assert all(len(c) > 0.2 * SR for c in copies)
+    stamp = [Path(p).stat().st_mtime_ns for p in media.items[2:]]
+    again = sources.speech_augmented("train")  # read back from the cache, not rebuilt
+    assert again.items == media.items
+    assert [Path(p).stat().st_mtime_ns for p in again.items[2:]] == stamp
+    assert sources.speech_augmented("heldout") is few  # evaluation splits stay as recorded

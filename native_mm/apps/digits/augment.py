@@ -46,6 +46,14 @@ def speed(x: np.ndarray, sr: int, rng: np.random.Generator) -> np.ndarray:
     return y.numpy()
 
 
+def speed_gain(x: np.ndarray, sr: int, rng: np.random.Generator) -> np.ndarray:
+    """The narrow augmentation: speed x0.85-1.15 and peak level 0.4-0.8, nothing else (the
+    corpus' ``audio_augment_kind: speed_gain``; the main job before issue 17 used it)."""
+    y = speed(x, sr, rng)
+    y = y / max(float(np.abs(y).max()), 1e-6) * float(rng.uniform(0.5, 1.0)) * 0.8
+    return y.astype(np.float32)
+
+
 def vocal_tract(x: np.ndarray, rng: np.random.Generator, lo: float = 0.88, hi: float = 1.12):
     """Vocal-tract-length perturbation: the magnitude spectrum warped along frequency by a
     factor in [lo, hi] (formants move, the harmonics' phases stay), a new speaker's tract."""

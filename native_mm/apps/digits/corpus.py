@@ -7,7 +7,8 @@ Real data only, all of it installed with the package:
   ``image_size`` and optionally augmented with small random affine warps;
 - audio: the committed spoken digits (:mod:`native_mm.apps.digits.speech`: espeak-ng,
   festival and Piper voices), TRAIN voices only, optionally augmented with speaker, room,
-  channel, noise and silence perturbations (:mod:`native_mm.apps.digits.augment`);
+  channel, noise and silence perturbations (:mod:`native_mm.apps.digits.augment`): the
+  augmented copies appear only as prompts (audio->X), generated speech stays clean;
 - text: captions and prompts with varied wording ("a handwritten seven", "the digit 7",
   "seven", "7", "draw a 7", "say seven", ...).
 
@@ -28,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from native_mm.apps.digits.augment import augment_audio, augment_image
+from native_mm.apps.digits.augment import augment_audio, augment_image, speed_gain
 from native_mm.apps.digits.wording import fill, free_prompt
 
 DIRECTIONS: tuple[str, ...] = (
@@ -79,6 +80,9 @@ class CorpusConfig:
     question_rate: float = 0.2  # share of X->text documents whose answer follows a question
     prompt_loss: bool = True  # False: the prompt segment of direction docs gets "loss": false
     free_wording: float = 0.5  # share of text->X prompts in free wording (wording.py)
+    audio_augment_kind: str = "recorded"  # "recorded" (augment.py: rooms, noise, telephone,
+    #   ...; copies only in prompts) or "speed_gain" (speed and level; copies everywhere)
+    clean_prompts: float = 0.5  # "recorded": share of audio prompts drawn from the originals
     max_images: int = 0  # use at most this many train images (0 = all; smoke runs)
     max_clips: int = 0  # use at most this many train clips (0 = all; smoke runs)
     audio_root: str = ""  # spoken-digits directory ("" = the committed clips)
@@ -90,6 +94,11 @@ class CorpusConfig:
         for k, v in self.docs.items():
             if int(v) < 0:
                 raise CorpusError(f"corpus.docs[{k!r}] = {v}: must be >= 0")
+        if self.audio_augment_kind not in ("recorded", "speed_gain"):
+            raise CorpusError(f"corpus.audio_augment_kind = {self.audio_augment_kind!r}: "
+                              "must be 'recorded' or 'speed_gain'")  # fmt: skip
+        if not 0.0 <= self.clean_prompts <= 1.0:
+            raise CorpusError(f"corpus.clean_prompts = {self.clean_prompts}: must be in [0, 1]")
         if not 0.0 <= self.free_wording <= 1.0:
             raise CorpusError(f"corpus.free_wording = {self.free_wording}: must be in [0, 1]")
         if not 0.0 <= self.question_rate <= 1.0:
@@ -130,12 +139,13 @@ def _audio_pool(cfg: CorpusConfig, root: Path, rng: np.random.Generator) -> dict
         clips = clips[: cfg.max_clips]
     pool: dict[int, list[str]] = {d: [] for d in range(10)}
     (root / "audio").mkdir(parents=True, exist_ok=True)
+    augment = augment_audio if cfg.audio_augment_kind == "recorded" else speed_gain
     for clip in clips:
         x, sr = sf.read(clip.path, dtype="float32", always_2d=True)
         x = x.mean(axis=1)
         stem = clip.path.stem.replace("+", "_")
         for k in range(cfg.audio_augment + 1):
-            y = x if k == 0 else augment_audio(x, sr, rng)
+            y = x if k == 0 else augment(x, sr, rng)
             rel = f"audio/{stem}_{k}.wav"
             sf.write(root / rel, y, sr, subtype="PCM_16")
             pool[clip.digit].append(rel)
@@ -148,7 +158,12 @@ def _segments(
 ) -> list[dict]:  # fmt: skip
     """The JSONL segments of one document of ``direction`` about ``digit``."""
 
-    def media(kind: str) -> dict:
+    def media(kind: str, target: bool = False) -> dict:
+        # Speech the model generates stays clean: recorded conditions only in prompts,
+        # where ``clean_prompts`` of them are originals.
+        if kind == "audio" and cfg.audio_augment_kind == "recorded":
+            clean = target or r.random() < cfg.clean_prompts
+            return {kind: r.choice(pools["audio_clean" if clean else "audio_copies"][digit])}
         return {kind: r.choice(pools[kind][digit])}
 
     def answer(captions: tuple[str, ...]) -> dict:
@@ -165,12 +180,12 @@ def _segments(
             if kind == "text":
                 out.append({"text": fill(r.choice(IMAGE_CAPTIONS + AUDIO_CAPTIONS), digit)})
             else:
-                out.append(media(kind))
+                out.append(media(kind, target=True))
         return out
     src, dst = direction.split("->")
     if src == "text":
         prompts = IMAGE_PROMPTS if dst == "image" else AUDIO_PROMPTS
-        free = r.random() < cfg.free_wording
+        free = cfg.free_wording > 0 and r.random() < cfg.free_wording
         first = {"text": free_prompt(dst, digit, r) if free else fill(r.choice(prompts), digit)}
     else:
         first = media(src)
@@ -179,7 +194,7 @@ def _segments(
     second = (
         answer(IMAGE_CAPTIONS if src == "image" else AUDIO_CAPTIONS)
         if dst == "text"
-        else (media(dst))
+        else media(dst, target=True)
     )
     return [first, second]
 
@@ -196,6 +211,10 @@ def build_corpus(cfg: CorpusConfig, out: str | Path, progress: bool = False) -> 
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(cfg.seed)
     pools = {"image": _image_pool(cfg, root, rng), "audio": _audio_pool(cfg, root, rng)}
+    originals = {d: [p for p in v if p.endswith("_0.wav")] for d, v in pools["audio"].items()}
+    copies = {d: [p for p in v if not p.endswith("_0.wav")] or originals[d]
+              for d, v in pools["audio"].items()}  # fmt: skip
+    pools |= {"audio_clean": originals, "audio_copies": copies}
     r = random.Random(cfg.seed)
     docs = []
     for direction, count in sorted(cfg.docs.items()):

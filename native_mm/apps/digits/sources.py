@@ -3,7 +3,7 @@
 Tokenizer specs refer to these by ``module:function`` (see :mod:`native_mm.sources`):
 
     data: native_mm.apps.digits.sources:digit_images          # image VQ-GAN
-    source: native_mm.apps.digits.sources:speech              # audio EnCodec
+    source: native_mm.apps.digits.sources:speech_augmented    # audio EnCodec
     generators: [native_mm.apps.digits.sources:digit_sentences]  # text BPE
 """
 
@@ -86,3 +86,47 @@ def speech(split: str) -> LabeledMedia:
     from native_mm.apps.digits.speech import DEFAULT_DIR
 
     return speech_at(DEFAULT_DIR, split)
+
+
+AUGMENTED_COPIES = 3  # augmented copies per training clip for the audio codec
+
+
+def speech_augmented(split: str) -> LabeledMedia:
+    """:func:`speech`, with the training split widened by :data:`AUGMENTED_COPIES` copies of
+    each clip in recorded conditions (room, noise, telephone line, level, silence:
+    :func:`native_mm.apps.digits.augment.augment_audio`), so that the codec learns to
+    keep words in the signals the language model is given. The copies are written once to
+    a cache folder keyed by the manifest and seed (``$XDG_CACHE_HOME`` or ``~/.cache``)."""
+    import hashlib
+    import os
+    import shutil
+    import tempfile
+
+    import soundfile as sf
+
+    from native_mm.apps.digits.augment import augment_audio
+    from native_mm.apps.digits.speech import DEFAULT_DIR
+
+    plain = speech(split)
+    if split != "train":
+        return plain
+    manifest = (Path(DEFAULT_DIR) / "manifest.csv").read_bytes()
+    key = hashlib.sha256(manifest + f"copies={AUGMENTED_COPIES},seed=0".encode()).hexdigest()
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    folder = cache / "native-mm" / f"speech_augmented_{key[:16]}"
+    names = [f"{i:05d}_{k}.wav" for i in range(len(plain.items)) for k in range(AUGMENTED_COPIES)]
+    if not folder.is_dir():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".building_"))
+        rng = np.random.default_rng(0)
+        for i, path in enumerate(plain.items):
+            x, sr = sf.read(path, dtype="float32")
+            for k in range(AUGMENTED_COPIES):
+                sf.write(tmp / f"{i:05d}_{k}.wav", augment_audio(x, sr, rng), sr, subtype="PCM_16")
+        try:
+            tmp.rename(folder)  # complete or absent: a killed build leaves only .building_*
+        except OSError:  # another process finished first: same bytes
+            shutil.rmtree(tmp, ignore_errors=True)
+    items = list(plain.items) + [str(folder / n) for n in names]
+    labels = list(plain.labels) + [y for y in plain.labels for _ in range(AUGMENTED_COPIES)]
+    return LabeledMedia(items, labels, plain.judge)
