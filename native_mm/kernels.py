@@ -18,6 +18,7 @@ the plain path (values and gradients). On other devices, under autocast, under
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import sys
@@ -201,36 +202,33 @@ def _huge_block(numel: int, dtype: torch.dtype) -> Tensor:
     raw = torch.empty(numel + per_page, dtype=dtype)
     skip = (-raw.data_ptr() % _HUGE_PAGE) // raw.element_size()
     block = raw[skip : skip + numel]
-    if sys.platform.startswith("linux") and numel >= per_page:
-        try:
-            size = (numel * raw.element_size() + _HUGE_PAGE - 1) // _HUGE_PAGE * _HUGE_PAGE
+    size = numel * raw.element_size() // _HUGE_PAGE * _HUGE_PAGE  # whole pages inside `raw`
+    if sys.platform.startswith("linux") and size:
+        # no libc symbol: 4 KB pages, same values
+        with contextlib.suppress(OSError, AttributeError):
             _libc().madvise(ctypes.c_void_p(block.data_ptr()), ctypes.c_size_t(size), 14)
-        except (OSError, AttributeError):  # no libc symbol: 4 KB pages, same values
-            pass
     return block
 
 
 def decode_layout(model: nn.Module) -> nn.Module:
     """Store every ``nn.Linear`` weight column-major, in place (inference only), all in
-    one 2 MB-aligned block in the order a decode step reads them.
+    one 2 MB-aligned block per dtype, in the order a decode step reads them.
 
     Shapes, names and values are unchanged (``state_dict`` holds the same numbers); only
     the memory order differs, so ``F.linear``'s ``x @ W.T`` reads a row-major matrix.
     """
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    linears = [m for m in linears if m.weight.device.type == "cpu"]
-    linears = [m for m in linears if m.weight.dtype == linears[0].weight.dtype]
-    if not linears:
-        return model
-    align = 16  # elements: each weight starts on a 64-byte line
-    sizes = [-(-m.weight.numel() // align) * align for m in linears]
-    block = _huge_block(sum(sizes), linears[0].weight.dtype)
-    with torch.no_grad():
-        offset = 0
-        for m, size in zip(linears, sizes, strict=True):
-            w = m.weight.data
-            rows = block[offset : offset + w.numel()].view(w.shape[1], w.shape[0])
-            rows.copy_(w.t())  # (in, out), row-major
-            m.weight.data = rows.t()
-            offset += size
+    for dtype in {m.weight.dtype for m in linears if m.weight.device.type == "cpu"}:
+        group = [m for m in linears if m.weight.device.type == "cpu" and m.weight.dtype == dtype]
+        align = 64 // group[0].weight.element_size()  # each weight starts on a 64-byte line
+        sizes = [-(-m.weight.numel() // align) * align for m in group]
+        block = _huge_block(sum(sizes), dtype)
+        with torch.no_grad():
+            offset = 0
+            for m, size in zip(group, sizes, strict=True):
+                w = m.weight.data
+                rows = block[offset : offset + w.numel()].view(w.shape[1], w.shape[0])
+                rows.copy_(w.t())  # (in, out), row-major
+                m.weight.data = rows.t()
+                offset += size
     return model

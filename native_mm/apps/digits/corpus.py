@@ -126,8 +126,9 @@ def _image_pool(cfg: CorpusConfig, root: Path, rng: np.random.Generator) -> dict
     return pool
 
 
-def _audio_pool(cfg: CorpusConfig, root: Path, rng: np.random.Generator) -> dict[int, list[str]]:
-    """Write train clips (+ augmented copies) -> {digit: [relative paths]}."""
+def _audio_pools(cfg: CorpusConfig, root: Path, rng: np.random.Generator) -> dict[str, dict]:
+    """Write train clips (+ augmented copies) -> ``{"audio": all, "audio_clean": originals,
+    "audio_copies": copies (the originals when there are none)}``, each {digit: [paths]}."""
     import soundfile as sf
 
     from native_mm.apps.digits import speech
@@ -138,6 +139,8 @@ def _audio_pool(cfg: CorpusConfig, root: Path, rng: np.random.Generator) -> dict
     if cfg.max_clips:
         clips = clips[: cfg.max_clips]
     pool: dict[int, list[str]] = {d: [] for d in range(10)}
+    originals: dict[int, list[str]] = {d: [] for d in range(10)}
+    copies: dict[int, list[str]] = {d: [] for d in range(10)}
     (root / "audio").mkdir(parents=True, exist_ok=True)
     augment = augment_audio if cfg.audio_augment_kind == "recorded" else speed_gain
     for clip in clips:
@@ -149,7 +152,9 @@ def _audio_pool(cfg: CorpusConfig, root: Path, rng: np.random.Generator) -> dict
             rel = f"audio/{stem}_{k}.wav"
             sf.write(root / rel, y, sr, subtype="PCM_16")
             pool[clip.digit].append(rel)
-    return pool
+            (copies if k else originals)[clip.digit].append(rel)
+    copies = {d: v or originals[d] for d, v in copies.items()}
+    return {"audio": pool, "audio_clean": originals, "audio_copies": copies}
 
 
 def _segments(
@@ -210,11 +215,7 @@ def build_corpus(cfg: CorpusConfig, out: str | Path, progress: bool = False) -> 
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(cfg.seed)
-    pools = {"image": _image_pool(cfg, root, rng), "audio": _audio_pool(cfg, root, rng)}
-    originals = {d: [p for p in v if p.endswith("_0.wav")] for d, v in pools["audio"].items()}
-    copies = {d: [p for p in v if not p.endswith("_0.wav")] or originals[d]
-              for d, v in pools["audio"].items()}  # fmt: skip
-    pools |= {"audio_clean": originals, "audio_copies": copies}
+    pools = {"image": _image_pool(cfg, root, rng), **_audio_pools(cfg, root, rng)}
     r = random.Random(cfg.seed)
     docs = []
     for direction, count in sorted(cfg.docs.items()):

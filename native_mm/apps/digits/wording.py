@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 import re
 
-WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+from native_mm.apps.digits.speech import WORDS
 
 _OPENERS = (
     "", "", "", "please ", "please, ", "can you ", "could you ", "would you ", "now ", "ok, ",
