@@ -8,6 +8,8 @@ ids only (no model), so tests and fuzzers drive it alone; ``generation.py`` appl
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +24,32 @@ CLOSERS = (EOI, EOA)
 
 class GenerationError(ValueError):
     """A generation request that cannot be served (bad option, prompt too long, ...)."""
+
+
+def number_problem(
+    value: object, low: float | None = None, high: float | None = None, integer: bool = False,
+    low_open: bool = False,
+) -> str | None:  # fmt: skip
+    """What is wrong with an option's ``value`` ("must be finite"), or None when it is a
+    finite number (a whole one if ``integer``) in ``[low, high]`` (``(low`` if ``low_open``)."""
+    kind = numbers.Integral if integer else numbers.Real
+    if isinstance(value, bool) or not isinstance(value, kind):
+        return f"must be {'a whole number' if integer else 'a number'}"
+    if not math.isfinite(value):
+        return "must be finite"
+    too_low = low is not None and (value <= low if low_open else value < low)
+    if too_low or (high is not None and value > high):
+        lo = "(-inf" if low is None else f"{'(' if low_open else '['}{low:g}"
+        hi = "inf)" if high is None else f"{high:g}]"
+        return f"must be in {lo}, {hi}"
+    return None
+
+
+def check_number(name: str, value: object, *args: object, **kwargs: object) -> None:
+    """A :class:`GenerationError` naming the option ``name`` if :func:`number_problem`."""
+    problem = number_problem(value, *args, **kwargs)  # type: ignore[arg-type]
+    if problem:
+        raise GenerationError(f"{name} {problem}, got {value!r}")
 
 
 # ---- modality-constrained decoding ---------------------------------------------------------
@@ -45,11 +73,16 @@ class OutputSpec:
                 f"output modality must be text, image, audio or None, got {self.modality!r}"
             )
         if self.image_size is not None:
-            self.image_size = tuple(int(s) for s in self.image_size)  # type: ignore[assignment]
-            if len(self.image_size) != 2 or min(self.image_size) < 1:
-                raise GenerationError(f"image_size must be (h, w) >= 1, got {self.image_size}")
-        if self.audio_frames is not None and self.audio_frames < 1:
-            raise GenerationError(f"audio_frames must be >= 1, got {self.audio_frames}")
+            size = tuple(self.image_size)
+            if len(size) != 2:
+                raise GenerationError(f"image_size must be (h, w), got {self.image_size!r}")
+            for s in size:
+                check_number("image_size", s, 1, integer=True)
+            self.image_size = tuple(int(s) for s in size)  # type: ignore[assignment]
+        if self.audio_frames is not None:
+            check_number("audio_frames", self.audio_frames, 1, integer=True)
+        if self.max_image_grid is not None:
+            check_number("max_image_grid", self.max_image_grid, 1, integer=True)
 
 
 class DecodeConstraint:

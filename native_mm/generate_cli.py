@@ -12,13 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from native_mm.checkpoint import load_checkpoint
-from native_mm.constraints import OutputSpec
+from native_mm.constraints import OutputSpec, number_problem
 from native_mm.generation import (
     Generation,
     SamplingConfig,
     audio_frames_for,
     stream,
 )
+from native_mm.prompt_media import IMAGE_FITS, PromptMedia
+from native_mm.sampling import MAX_CFG_SCALE, MAX_TEMPERATURE
 from native_mm.tokenizers.base import Waveform
 
 
@@ -37,7 +39,27 @@ def _parse_size(text: str) -> tuple[int, int]:
         h, w = (int(p) for p in text.lower().split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected HxW (e.g. 8x8), got {text!r}") from None
+    if min(h, w) < 1:
+        raise argparse.ArgumentTypeError(f"grid sides must be >= 1, got {text!r}")
     return h, w
+
+
+def checked(low: float | None = None, high: float | None = None, integer: bool = False,
+            low_open: bool = False) -> Any:  # fmt: skip
+    """An argparse ``type``: a finite number in range, else the option's one-line error."""
+
+    def parse(text: str) -> float | int:
+        try:
+            value = int(text) if integer else float(text)
+        except ValueError:
+            kind = "a whole number" if integer else "a number"
+            raise argparse.ArgumentTypeError(f"must be {kind}, got {text}") from None
+        problem = number_problem(value, low, high, integer, low_open)
+        if problem:
+            raise argparse.ArgumentTypeError(f"{problem}, got {text}")
+        return value
+
+    return parse
 
 
 def save_media(stem: str | Path, media: Any) -> Path:
@@ -74,7 +96,8 @@ def save_outputs(generations: list[Generation], out: str | Path) -> list[Path]:
 
 def main(argv: list[str] | None = None, prog: str = "native-mm generate") -> int:
     """``native-mm generate``: prompt segments in (in command-line order), files out."""
-    p = argparse.ArgumentParser(prog=prog, description=main.__doc__)
+    p = argparse.ArgumentParser(prog=prog, description=main.__doc__,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
     p.add_argument("--ckpt", required=True, help="model checkpoint (.ckpt from fit, or plain)")
     p.add_argument("--tokenizers", required=True, help="tokenizer set directory")
     for kind in ("text", "image", "audio"):
@@ -85,17 +108,68 @@ def main(argv: list[str] | None = None, prog: str = "native-mm generate") -> int
             action=_Segment,
             help=f"prompt segment: {what} (repeatable, kept in order)",
         )
-    p.add_argument("--output-modality", choices=["text", "image", "audio", "any"], default="any")
-    p.add_argument("--image-size", type=_parse_size, help="force the image grid, HxW codes")
-    p.add_argument("--max-image-grid", type=int, help="largest grid side the model may pick")
-    p.add_argument("--audio-seconds", type=float, help="force the audio duration")
-    p.add_argument("--max-new-tokens", type=int, default=512)
-    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
-    p.add_argument("--top-k", type=int)
-    p.add_argument("--top-p", type=float)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cfg-scale", type=float, help="classifier-free guidance (image/audio)")
-    p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument(
+        "--output-modality",
+        choices=["text", "image", "audio", "any"],
+        default="any",
+        help="force what is generated (any: the model chooses)",
+    )
+    p.add_argument(
+        "--image-size",
+        type=_parse_size,
+        help="force the generated image's grid, HxW in codes (not pixels)",
+    )
+    p.add_argument(
+        "--max-image-grid",
+        type=checked(1, integer=True),
+        help="largest grid side, in codes, the model may pick for an image",
+    )
+    p.add_argument(
+        "--audio-seconds",
+        type=checked(0, 3600, low_open=True),
+        help="force the generated audio's duration, seconds",
+    )
+    p.add_argument("--prompt-image-size", type=checked(1, integer=True),
+                   help="bring prompt images to this square side, pixels (default: as the "
+                        "tokenizer takes them, shrunk to the largest grid the model takes; "
+                        "the digits model: 16)")  # fmt: skip
+    p.add_argument("--prompt-image-fit", choices=IMAGE_FITS, default="pad",
+                   help="with --prompt-image-size: pad (the whole image, letterboxed with "
+                        "its border colour) or crop (the centre square)")  # fmt: skip
+    p.add_argument(
+        "--max-new-tokens",
+        type=checked(1, integer=True),
+        default=512,
+        help="generated tokens per sample at most",
+    )
+    p.add_argument(
+        "--temperature",
+        type=checked(0, MAX_TEMPERATURE),
+        default=1.0,
+        help="softmax temperature, 0 = greedy",
+    )
+    p.add_argument(
+        "--top-k", type=checked(1, integer=True), help="sample from the k most likely tokens only"
+    )
+    p.add_argument(
+        "--top-p",
+        type=checked(0, 1, low_open=True),
+        help="nucleus sampling: the smallest set of tokens with probability >= p",
+    )
+    p.add_argument(
+        "--seed", type=checked(0, 2**63 - 1, integer=True), default=0, help="sampling seed"
+    )
+    p.add_argument(
+        "--cfg-scale",
+        type=checked(0, MAX_CFG_SCALE),
+        help="classifier-free guidance scale for image/audio outputs (1 = none)",
+    )
+    p.add_argument(
+        "--num-samples",
+        type=checked(1, 1024, integer=True),
+        default=1,
+        help="samples drawn for the prompt, in one batch",
+    )
     p.add_argument("--out", required=True, help="directory for the .txt/.png/.wav outputs")
     args = p.parse_args(argv)
     from native_mm.tokenizers.base import TokenizerSet
@@ -120,8 +194,9 @@ def main(argv: list[str] | None = None, prog: str = "native-mm generate") -> int
     out.mkdir(parents=True, exist_ok=True)
     count = [0] * args.num_samples
     # Streamed: each output file is written (and printed) as soon as its segment finishes.
+    prompt_media = PromptMedia(args.prompt_image_size, args.prompt_image_fit)
     for r, media in stream(
-        lm.model, segments, tokenizers, output, sampling, args.num_samples, lm.layout
+        lm.model, segments, tokenizers, output, sampling, args.num_samples, lm.layout, prompt_media
     ):
         print(save_media(out / f"sample{r}_{count[r]}", media), flush=True)
         count[r] += 1

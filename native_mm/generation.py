@@ -49,15 +49,20 @@ from native_mm.constraints import (
 )
 from native_mm.layouts import Layout
 from native_mm.model import Transformer
+from native_mm.prompt_media import (
+    PromptError,
+    PromptMedia,
+    audio_seconds,
+    check_audio_fits,
+    fit_image,
+    path_problem,
+)
 from native_mm.sampling import SamplingConfig, sample_next
 from native_mm.sequence import SequenceCodec, Span
 from native_mm.vocab import BOA, BOI, BOS, PAD, Vocab
 
 UNCOND_PREFIX: tuple[int, ...] = (BOS,)  # unconditional prompt = UNCOND_PREFIX + opener
-
-
-class PromptError(GenerationError):
-    """A bad prompt segment: missing file, unsupported format, unknown kind."""
+ANSWER_ROOM = 2  # context a prompt leaves at least: a span opener and one new token
 
 
 # ---- the generation loop -------------------------------------------------------------------
@@ -356,16 +361,28 @@ def _segment_kind_value(seg: Any, k: int) -> tuple[str, Any]:
 
 
 def encode_prompt(
-    prompt_segments: Sequence[Any], tokenizers: Any, layout: Layout | None = None
+    prompt_segments: Sequence[Any],
+    tokenizers: Any,
+    layout: Layout | None = None,
+    media: PromptMedia | None = None,
+    block_size: int | None = None,
 ) -> np.ndarray:
     """Prompt segments -> ids ``(L,)``: ``<bos>`` then each segment's span, no ``<eos>``
     (media in ``layout``; None = the vocabulary's default layouts).
 
+    Images and clips are brought to what the model takes (:mod:`native_mm.prompt_media`:
+    ``media`` sizes images; a clip that cannot fit into the model's context
+    ``block_size``, with room for the answer, is refused before it is decoded).
+
     Raises:
-        PromptError: unknown kind, missing media file, or media its tokenizer rejects
-            (unsupported format, unreadable file); the message names segment and file.
+        PromptError: unknown kind, a missing file or one that is not a regular file, media
+            its tokenizer rejects, a clip or prompt too long for ``block_size``; the
+            message names the segment, the file and the limit.
     """
-    spans = []
+    media = media or PromptMedia()
+    room = None if block_size is None else block_size - ANSWER_ROOM
+    codec = SequenceCodec(tokenizers.vocab, layout)
+    spans, used = [], 1  # <bos>
     for k, seg in enumerate(prompt_segments):
         kind, value = _segment_kind_value(seg, k)
         if kind not in ("text", "image", "audio"):
@@ -373,18 +390,35 @@ def encode_prompt(
         where = f"prompt segment {k} ({kind})"
         if kind != "text" and isinstance(value, (str, Path)):
             where = f"prompt segment {k} ({kind} {value})"
-            if not Path(value).is_file():
-                raise PromptError(f"{where}: no such file")
+            problem = path_problem(value)
+            if problem:
+                raise PromptError(f"{where}: {problem}")
         try:
             tok = tokenizers[kind]
         except ValueError as e:
             raise PromptError(f"{where}: {e}") from None
         try:
+            if kind == "image" and hasattr(tok, "load_rgb"):
+                left = None if room is None else room - used
+                grid = tokenizers.vocab.image_max_grid
+                value = fit_image(tok.load_rgb(value), tok, grid, media, where, left)
+            elif kind == "audio" and room is not None:
+                seconds = audio_seconds(value, where)
+                if seconds is not None:
+                    check_audio_fits(seconds, tok, codec.audio_levels, room - used, where)
             codes = tok.encode(value)
+        except PromptError:
+            raise
         except (ValueError, OSError) as e:  # MediaError is a ValueError
             raise PromptError(f"{where}: {e}") from None
         spans.append(Span(kind, codes))
-    return SequenceCodec(tokenizers.vocab, layout).encode(spans, bos=True, eos=False).ids
+        used += len(codec.encode([spans[-1]], bos=False, eos=False).ids)
+        if room is not None and used > room:
+            raise PromptError(
+                f"{where}: the prompt is {used} tokens up to here; the model takes {room} "
+                f"(block_size={block_size} less {ANSWER_ROOM} for the answer)"
+            )
+    return codec.encode(spans, bos=True, eos=False).ids
 
 
 def audio_frames_for(seconds: float, tokenizers: Any) -> int:
@@ -403,11 +437,14 @@ def stream(
     sampling: SamplingConfig | None = None,
     num_samples: int = 1,
     layout: Layout | None = None,
+    media: PromptMedia | None = None,
 ) -> Iterator[tuple[int, Any]]:
     """Yield ``(sample index, decoded output)`` as soon as each segment finishes."""
     check_model_vocab(model, tokenizers.vocab)
     codec = SequenceCodec(tokenizers.vocab, layout)
-    prompt = encode_prompt(prompt_segments, tokenizers, codec.layout)
+    prompt = encode_prompt(
+        prompt_segments, tokenizers, codec.layout, media, model.config.block_size
+    )
     for event in stream_ids(model, [prompt] * num_samples, codec, output, sampling):
         for r, span in event.spans:
             yield r, tokenizers[span.kind].decode(span.codes)
@@ -421,6 +458,7 @@ def generate(
     sampling: SamplingConfig | None = None,
     num_samples: int = 1,
     layout: Layout | None = None,
+    media: PromptMedia | None = None,
 ) -> list[Generation]:
     """Interleaved prompt in, decoded outputs out.
 
@@ -434,6 +472,8 @@ def generate(
         num_samples: samples drawn for the prompt (one batch).
         layout: the media layouts the model was trained on (``load_checkpoint(...).layout``;
             None = the vocabulary's defaults).
+        media: how prompt images are sized (:class:`~native_mm.prompt_media.PromptMedia`;
+            None = the tokenizer's policy, shrunk to the largest grid the model takes).
 
     Returns:
         One :class:`Generation` per sample; ``outputs`` are decoded with
@@ -443,7 +483,9 @@ def generate(
 
     check_model_vocab(model, tokenizers.vocab)
     codec = SequenceCodec(tokenizers.vocab, layout)
-    prompt = encode_prompt(prompt_segments, tokenizers, codec.layout)
+    prompt = encode_prompt(
+        prompt_segments, tokenizers, codec.layout, media, model.config.block_size
+    )
     rows = generate_ids(model, [prompt] * num_samples, codec, output, sampling)
     return [
         Generation(decode_spans(g.spans, tokenizers), g.spans, g.ids, g.finish_reason) for g in rows

@@ -8,7 +8,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from native_mm.constraints import GenerationError
+from native_mm.constraints import check_number
+
+MAX_TEMPERATURE = 100.0  # flat enough to be uniform; larger only hides a typo
+MAX_CFG_SCALE = 100.0
+MIN_TEMPERATURE = 1e-6  # smaller positive temperatures act as this one (float32 overflow)
 
 
 @dataclass
@@ -24,14 +28,17 @@ class SamplingConfig:
     use_cache: bool = True  # KV cache (False recomputes the whole sequence every step)
 
     def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise GenerationError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise GenerationError(f"temperature must be >= 0, got {self.temperature}")
-        if self.top_k is not None and self.top_k < 1:
-            raise GenerationError(f"top_k must be >= 1, got {self.top_k}")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise GenerationError(f"top_p must be in (0, 1], got {self.top_p}")
+        """Every option a finite number in range, or a GenerationError naming it."""
+        check_number("max_new_tokens", self.max_new_tokens, 1, integer=True)
+        check_number("temperature", self.temperature, 0, MAX_TEMPERATURE)
+        if self.top_k is not None:
+            check_number("top_k", self.top_k, 1, integer=True)
+        if self.top_p is not None:
+            check_number("top_p", self.top_p, 0, 1, low_open=True)
+        if self.seed is not None:
+            check_number("seed", self.seed, 0, 2**63 - 1, integer=True)
+        if self.cfg_scale is not None:
+            check_number("cfg_scale", self.cfg_scale, 0, MAX_CFG_SCALE)
 
 
 def filter_logits(logits: Tensor, top_k: int | None, top_p: float | None) -> Tensor:
@@ -63,6 +70,7 @@ def sample_next(
     """``(B, V)`` logits (masked ids at -inf) -> ``(B,)`` sampled ids."""
     if cfg.temperature == 0:
         return logits.argmax(dim=-1)
-    logits = filter_logits(logits.float() / cfg.temperature, cfg.top_k, cfg.top_p)
+    t = max(cfg.temperature, MIN_TEMPERATURE)
+    logits = filter_logits(logits.float() / t, cfg.top_k, cfg.top_p)
     probs = logits.softmax(dim=-1)
     return torch.multinomial(probs, 1, generator=generator)[:, 0]

@@ -224,7 +224,9 @@ def test_eval_sampling_settings_are_per_modality(monkeypatch: pytest.MonkeyPatch
                         seen.setdefault(out.modality, samp) and [])  # fmt: skip
     cfg = EvalConfig(cfg_scale=2.0, cfg_scale_audio=1.5, temperature_media=0.8,
                      temperature_image=0.5, audio_max_seconds=1.0)  # fmt: skip
-    run = model_generator(None, Set(), cfg)
+    from types import SimpleNamespace
+
+    run = model_generator(SimpleNamespace(config=SimpleNamespace(block_size=256)), Set(), cfg)
     for direction in ("text->image", "text->audio"):
         run(direction, [Item([("text", "seven")], 7)])
     assert (seen["image"].cfg_scale, seen["image"].temperature) == (2.0, 0.5)

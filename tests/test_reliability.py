@@ -247,7 +247,7 @@ def test_generate_refuses_a_prompt_longer_than_the_context(checkpoint, tokenizer
     rc = cli(["generate", "--ckpt", str(checkpoint), "--tokenizers", str(tokenizer_dir),
               "--text", "lorem ipsum " * 600, "--out", str(tmp_path)])  # fmt: skip
     err = capsys.readouterr().err
-    assert rc == 1 and "leaves no room in the context (block_size=1024)" in err, err
+    assert rc == 1 and "the model takes 1022 (block_size=1024 less 2" in err, err
     assert "Traceback" not in err
 
 

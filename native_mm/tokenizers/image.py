@@ -10,7 +10,8 @@ N = h * w codes, K codebook size.
 Preprocessing policy (:meth:`ImageTokenizer.prepare`), applied to every image before
 encoding, documented here once:
 
-1. **Mode -> RGB.** ``RGB`` as is; ``L``/``1``/``CMYK``/``YCbCr``/``LAB``/``HSV`` and
+1. **Orientation, then mode -> RGB.** The EXIF orientation tag is applied (a phone's
+   photo stands up). ``RGB`` as is; ``L``/``1``/``CMYK``/``YCbCr``/``LAB``/``HSV`` and
    palette images without transparency through PIL's ``convert("RGB")``; images with
    alpha (``RGBA``, ``LA``, ``PA``, palette with a transparency key) are composited over
    white; 16-bit/32-bit (``I;16*``, ``I``) are scaled by 1/257 when their maximum exceeds
@@ -46,7 +47,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 from einops import rearrange
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from native_mm.tokenizers.base import MediaError, TorchTokenizer
 from native_mm.tokenizers.vqgan import VQGAN, ImageConfig
@@ -85,7 +86,7 @@ def open_image(path: str | Path, max_pixels: int = 64_000_000) -> Image.Image:
                         "(decompression-bomb guard)"
                     )
                 img.load()  # decode now so truncated data fails here, not later
-                return img.copy()
+                return upright(img)
     except MediaError:
         raise
     except UnidentifiedImageError:
@@ -94,6 +95,15 @@ def open_image(path: str | Path, max_pixels: int = 64_000_000) -> Image.Image:
         raise MediaError(f"{path}: decompression bomb refused ({e})") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise MediaError(f"{path}: corrupt or truncated image ({e})") from None
+
+
+def upright(img: Image.Image) -> Image.Image:
+    """A copy turned as its EXIF orientation says (a phone photo stands up); an image
+    without one, or with EXIF data PIL cannot parse, is copied as it is."""
+    try:
+        return ImageOps.exif_transpose(img)
+    except Exception:  # noqa: BLE001 -- malformed EXIF must not lose a readable image
+        return img.copy()
 
 
 def to_rgb(img: Image.Image, where: str = "<image>") -> Image.Image:
@@ -199,7 +209,7 @@ class ImageTokenizer(TorchTokenizer):
     def load_rgb(self, media: ImageLike) -> Image.Image:
         """A path or PIL image -> RGB PIL image (policy step 1), errors name the file."""
         if isinstance(media, Image.Image):
-            return to_rgb(media)
+            return to_rgb(upright(media))
         if isinstance(media, (str, Path)):
             return to_rgb(open_image(media, self.config.max_pixels), where=str(media))
         raise MediaError(f"cannot encode a {type(media).__name__} as an image")

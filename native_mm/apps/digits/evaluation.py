@@ -130,7 +130,8 @@ def model_generator(model: Any, tokenizers: Any, cfg: EvalConfig, layout: Any = 
     import torch
 
     from native_mm import generation as gen
-    from native_mm.sequence import SequenceCodec, Span
+    from native_mm.prompt_media import PromptMedia
+    from native_mm.sequence import SequenceCodec
 
     vocab = tokenizers.vocab
     codec = SequenceCodec(vocab, layout)
@@ -140,9 +141,11 @@ def model_generator(model: Any, tokenizers: Any, cfg: EvalConfig, layout: Any = 
     frame_rate = gen.audio_frames_for(1.0, tokenizers)
     max_frames = int(round(cfg.audio_max_seconds * frame_rate))
 
+    media = PromptMedia(cfg.image_size)  # as the corpus' images were: squares of that side
+
     def encode_prompt(item: Item) -> np.ndarray:
-        spans = [Span(k, tokenizers[k].encode(v)) for k, v in item.prompt]
-        return codec.encode(spans, bos=True, eos=False).ids
+        return gen.encode_prompt(item.prompt, tokenizers, codec.layout, media,
+                                 model.config.block_size)  # fmt: skip
 
     def run(direction: str, items: list[Item]) -> list[Any]:
         dst = direction.split("->")[1]

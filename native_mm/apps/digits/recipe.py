@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from native_mm import resources
+from native_mm.constraints import number_problem
 from native_mm.io import read_yaml
+from native_mm.sampling import MAX_CFG_SCALE, MAX_TEMPERATURE
 
 REPO = resources.root()  # the clone, or the installed package data: recipes/, tokenizers/
 
@@ -34,6 +36,34 @@ class EvalConfig:
     seed: int = 0  # sampling seed
     n_wavs: int = 2  # generated WAVs saved per digit (text->audio)
     threads: int = 0  # torch threads (0 = leave torch's default)
+
+    def __post_init__(self) -> None:
+        """Each option a finite number in its range, or a RecipeError naming the option."""
+        for name, (low, high, integer) in EVAL_RANGES.items():
+            value = getattr(self, name)
+            if value is None and name in OPTIONAL:
+                continue
+            problem = number_problem(value, low, high, integer, low_open=name in OPEN_LOW)
+            if problem:
+                flag = "--" + name.replace("_", "-")
+                raise RecipeError(f"eval option {name} ({flag}) {problem}, got {value!r}")
+
+
+# EvalConfig's ranges: (low, high, whole number). OPTIONAL ones may be None (off).
+EVAL_RANGES: dict[str, tuple[float | None, float | None, bool]] = {
+    "max_items": (1, None, True), "robustness_items": (0, None, True),
+    "batch_size": (1, 4096, True), "image_size": (1, 4096, True),
+    "audio_max_seconds": (0, 3600, False), "temperature_text": (0, MAX_TEMPERATURE, False),
+    "temperature_media": (0, MAX_TEMPERATURE, False), "top_k": (1, None, True),
+    "cfg_scale": (0, MAX_CFG_SCALE, False), "cfg_scale_image": (0, MAX_CFG_SCALE, False),
+    "cfg_scale_audio": (0, MAX_CFG_SCALE, False),
+    "temperature_image": (0, MAX_TEMPERATURE, False),
+    "temperature_audio": (0, MAX_TEMPERATURE, False), "seed": (0, 2**63 - 1, True),
+    "n_wavs": (0, 1000, True), "threads": (0, 1024, True),
+}  # fmt: skip
+OPTIONAL = {"top_k", "cfg_scale", "cfg_scale_image", "cfg_scale_audio", "temperature_image",
+            "temperature_audio"}  # fmt: skip
+OPEN_LOW = {"audio_max_seconds"}
 
 
 class RecipeError(ValueError):
