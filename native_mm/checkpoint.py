@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from native_mm import kernels
+from native_mm import cli_help, kernels
 from native_mm.io import atomic_write, load_torch, torch_bytes, write_checked
 from native_mm.layouts import Layout, LayoutError
 from native_mm.model import ModelConfig, ModelConfigError, Transformer
@@ -193,11 +193,10 @@ def export_model(pretrained: Pretrained, out_dir: str | Path, manifest: dict) ->
 
 def export_main(argv: list[str] | None = None, prog: str = "native-mm export") -> int:
     """``native-mm export --ckpt FILE --tokenizers DIR --out DIR``."""
-    import argparse
 
     from native_mm.tokenizers.base import TokenizerSet
 
-    ap = argparse.ArgumentParser(prog=prog, description=export_model.__doc__.split("\n")[0])
+    ap = cli_help.parser(prog, export_model.__doc__.split("\n")[0])
     ap.add_argument("--ckpt", required=True, help="a .ckpt written by native-mm fit (or a .pt)")
     ap.add_argument("--tokenizers", required=True, help="the tokenizer set the model reads")
     ap.add_argument("--out", required=True, help="the model directory to write")

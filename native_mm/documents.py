@@ -20,7 +20,6 @@ and reading continues, so a dirty corpus is processed.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import dataclasses
 import json
@@ -28,6 +27,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from native_mm import cli_help
 
 SEGMENT_KINDS: tuple[str, ...] = ("text", "image", "audio")
 MEDIA_KINDS: tuple[str, ...] = ("image", "audio")
@@ -328,9 +329,7 @@ def read_documents(
 
 def main(argv: list[str] | None = None, prog: str = "native-mm validate") -> int:
     """``native-mm validate FILE.jsonl ...``: summarise a corpus; exit 1 if any record is bad."""
-    parser = argparse.ArgumentParser(
-        prog=prog, description="Check documents JSONL files and report every bad record."
-    )
+    parser = cli_help.parser(prog, "Check documents JSONL files and report every bad record.")
     parser.add_argument("files", nargs="+", type=Path, help="documents JSONL file(s)")
     parser.add_argument(
         "--no-media-check", action="store_true", help="do not check that media files exist"

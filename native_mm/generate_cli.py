@@ -11,6 +11,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from native_mm import cli_help
 from native_mm.checkpoint import load_checkpoint
 from native_mm.constraints import OutputSpec, number_problem
 from native_mm.generation import (
@@ -96,8 +97,7 @@ def save_outputs(generations: list[Generation], out: str | Path) -> list[Path]:
 
 def main(argv: list[str] | None = None, prog: str = "native-mm generate") -> int:
     """``native-mm generate``: prompt segments in (in command-line order), files out."""
-    p = argparse.ArgumentParser(prog=prog, description=main.__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+    p = cli_help.parser(prog, main.__doc__)
     p.add_argument("--ckpt", required=True, help="model checkpoint (.ckpt from fit, or plain)")
     p.add_argument("--tokenizers", required=True, help="tokenizer set directory")
     for kind in ("text", "image", "audio"):

@@ -3,14 +3,13 @@ judge keeps, on a source's splits, a folder of audio or a documents JSONL."""
 
 from __future__ import annotations
 
-import argparse
 import json
 from typing import Any
 
 import numpy as np
 import torch
 
-from native_mm import sources
+from native_mm import cli_help, sources
 from native_mm.tokenizers.audio import AudioTokenizer, convert, read_audio
 from native_mm.tokenizers.audio_metrics import MultiScaleMel, mel_distance, si_snr
 from native_mm.tokenizers.audio_train import AudioDataSpec, list_audio
@@ -76,7 +75,7 @@ def eval_main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """``native-mm tokenizer eval audio --tokenizer DIR --data PATH --out metrics.json``."""
     from native_mm.io import write_json
 
-    ap = argparse.ArgumentParser(prog=prog, description="Evaluate an audio tokenizer.")
+    ap = cli_help.parser(prog, "Evaluate an audio tokenizer.")
     ap.add_argument("--tokenizer", required=True, help="saved tokenizer directory")
     ap.add_argument(
         "--data",

@@ -22,7 +22,6 @@ and counted in ``OUT/data_report.json``; any rate and channel count is converted
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import random
@@ -34,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from native_mm import sources
+from native_mm import cli_help, sources
 from native_mm.tokenizers.audio import AudioConfig, AudioTokenizer, convert, read_audio
 from native_mm.tokenizers.audio_metrics import (
     MultiScaleMel,
@@ -441,7 +440,7 @@ def train(spec: AudioTrainSpec, out_dir: str | Path) -> AudioTokenizer:
 
 def train_main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """``native-mm tokenizer train audio --config YAML --out DIR [key=value ...]``."""
-    ap = argparse.ArgumentParser(prog=prog, description="Train the EnCodec audio tokenizer.")
+    ap = cli_help.parser(prog, "Train the EnCodec audio tokenizer.")
     ap.add_argument("--config", required=True, help="spec YAML (tokenizers/audio/*.yaml)")
     ap.add_argument("--out", required=True, help="output directory (resumes if it has one)")
     ap.add_argument("overrides", nargs="*", help="spec overrides such as trainer.max_steps=10")

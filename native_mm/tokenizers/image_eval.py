@@ -3,7 +3,6 @@ source's held-out split, a folder, a documents JSONL or the sample photos."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from typing import Any
@@ -12,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from native_mm import sources
+from native_mm import cli_help, sources
 from native_mm.io import save_image, write_json
 from native_mm.tokenizers.base import MediaError
 from native_mm.tokenizers.image import ImageTokenizer, open_image, tensor_to_pil
@@ -70,7 +69,7 @@ def evaluate(tok: ImageTokenizer, data: sources.LabeledMedia) -> dict:
 
 def eval_main(argv: list[str] | None = None, prog: str = "native-mm tokenizer eval image") -> int:
     """Reconstruction metrics (PSNR, SSIM, codebook usage, perplexity) as JSON."""
-    ap = argparse.ArgumentParser(prog=prog, description=eval_main.__doc__)
+    ap = cli_help.parser(prog, eval_main.__doc__)
     ap.add_argument("--tokenizer", required=True, help="directory written by `train image`")
     ap.add_argument(
         "--data", required=True,

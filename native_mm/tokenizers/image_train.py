@@ -18,7 +18,6 @@ refuses are skipped and counted in ``OUT/data_report.json``.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import time
@@ -32,7 +31,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from native_mm import sources
+from native_mm import cli_help, sources
 from native_mm.io import save_image
 from native_mm.tokenizers.image import (
     _RESAMPLE,
@@ -380,7 +379,7 @@ def make_grid(originals: torch.Tensor, recons: torch.Tensor, per_row: int = 8) -
 
 def train_main(argv: list[str] | None = None, prog: str = "native-mm tokenizer train image") -> int:
     """Train a VQ-GAN from a spec YAML and export the tokenizer into ``--out``."""
-    ap = argparse.ArgumentParser(prog=prog, description=train_main.__doc__)
+    ap = cli_help.parser(prog, train_main.__doc__)
     ap.add_argument("--config", required=True, help="spec YAML, e.g. tokenizers/image/digits.yaml")
     ap.add_argument("--out", required=True, help="output dir (tokenizer, log, PNGs, checkpoints)")
     ap.add_argument(

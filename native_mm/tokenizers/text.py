@@ -27,7 +27,6 @@ and written to memory (``model_writer``); see :func:`train_text_tokenizer` and t
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import glob
 import io
@@ -42,7 +41,7 @@ from typing import ClassVar
 import numpy as np
 import sentencepiece as spm
 
-from native_mm import sources
+from native_mm import cli_help, sources
 from native_mm.io import sha256_bytes, write_bytes, write_json
 from native_mm.tokenizers.base import MediaError, Tokenizer
 
@@ -439,12 +438,13 @@ def train_main(argv: list[str] | None = None, prog: str = "native-mm tokenizer t
     """``native-mm tokenizer train text --config SPEC.yaml --out DIR [--input F ...] [k=v ...]``."""
     from native_mm.tokenizers.trainer import load_spec
 
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description="Train the sentencepiece BPE text tokenizer. Writes DIR/text.model, "
+    parser = cli_help.parser(
+        prog,
+        "Train the sentencepiece BPE text tokenizer. Writes DIR/text.model, "
         "DIR/config.json and DIR/train_log.json.",
     )
-    parser.add_argument("--config", type=Path, default=Path("tokenizers/text/default.yaml"))
+    parser.add_argument("--config", type=Path, default=Path("tokenizers/text/default.yaml"),
+                        help="spec YAML (tokenizers/text/*.yaml)")  # fmt: skip
     parser.add_argument("--out", type=Path, required=True, help="output directory")
     parser.add_argument(
         "--input",

@@ -20,7 +20,6 @@ shards: no document is lost or written twice.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import hashlib
 import json
@@ -33,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from native_mm import cli_help
 from native_mm.io import atomic_write, read_json, remove_temp_files, sha256_file, write_json
 from native_mm.layouts import AudioFrameMajor, Layout
 from native_mm.training.media_cache import MediaCache
@@ -443,11 +443,11 @@ class ShardSet:
 
 # ---- CLI --------------------------------------------------------------------------------
 def main(argv: list[str] | None = None, prog: str = "native-mm tokenize") -> int:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
+    p = cli_help.parser(prog, __doc__.split("\n")[0])
     p.add_argument("inputs", nargs="+", help="documents JSONL file(s)")
     p.add_argument("--tokenizers", required=True, help="tokenizer set directory")
     p.add_argument("--out", required=True, help="output shard directory")
-    p.add_argument("--docs-per-shard", type=int, default=512)
+    p.add_argument("--docs-per-shard", type=int, default=512, help="documents per shard file")
     p.add_argument("--workers", type=int, default=2, help="encoding processes (0 = inline)")
     p.add_argument(
         "--audio-levels", type=int, default=None,

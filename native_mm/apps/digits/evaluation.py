@@ -26,7 +26,6 @@ again: nothing is generated incrementally, and it is seeded.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import re
 import sys
@@ -37,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from native_mm import cli_help
 from native_mm.apps.digits.corpus import DIRECTIONS
 from native_mm.apps.digits.prompts import (
     Item,
@@ -332,8 +332,7 @@ def read_result(path: str | Path) -> dict:
 
 def main(argv: list[str] | None = None, prog: str = "native-mm eval") -> int:
     """``native-mm eval --ckpt CKPT --tokenizers DIR --out DIR [options]``."""
-    p = argparse.ArgumentParser(prog=prog, description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p = cli_help.parser(prog, __doc__)
     p.add_argument("--ckpt", required=True, help="model checkpoint (.ckpt from fit)")
     p.add_argument("--tokenizers", required=True, help="tokenizer set directory")
     p.add_argument("--out", required=True, help="directory for eval.json/md, grids, WAVs")
@@ -341,10 +340,12 @@ def main(argv: list[str] | None = None, prog: str = "native-mm eval") -> int:
     p.add_argument("--config", default=None,
                    help="run recipe (e.g. recipes/digits.yaml) whose eval settings are the "
                         "defaults; the flags below override them")  # fmt: skip
+    helps = cli_help.field_help(EvalConfig)
     for f in dataclasses.fields(EvalConfig):
         flag = "--" + f.name.replace("_", "-")
         kind = float if "float" in str(f.type) else int
-        p.add_argument(flag, type=kind, default=None, help=f"EvalConfig.{f.name}")
+        text = f"{helps[f.name]} (default: {f.default}; with --config, the recipe's)"
+        p.add_argument(flag, type=kind, default=None, help=text.replace("%", "%%"))
     args = p.parse_args(argv)
     overrides = {
         f.name: getattr(args, f.name)

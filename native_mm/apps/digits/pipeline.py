@@ -22,7 +22,6 @@ is merged over it with ``--smoke`` (tiny sizes, a few steps: the CI test).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 import time
@@ -32,6 +31,7 @@ from typing import Any
 
 import yaml
 
+from native_mm import cli_help
 from native_mm.apps.digits.recipe import (
     REPO,
     RecipeError,
@@ -273,8 +273,7 @@ def _log(*args: Any, flush: bool = True) -> None:
 
 def main(argv: list[str] | None = None, prog: str = "native-mm run") -> int:
     """``native-mm run --config recipes/digits.yaml [--out DIR] [--smoke] [--stages ...]``."""
-    p = argparse.ArgumentParser(prog=prog, description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p = cli_help.parser(prog, __doc__)
     p.add_argument("--config", default=str(REPO / "recipes" / "digits.yaml"), help="recipe")
     p.add_argument("--out", default=None, help="run directory (default: the recipe's `out`)")
     p.add_argument("--smoke", action="store_true", help="merge the recipe's smoke: block")

@@ -23,9 +23,9 @@ class EvalConfig:
     max_items: int = 200  # prompts per direction at most (held-out media are cycled/cut)
     robustness_items: int = 200  # prompts per robustness row (unseen synth, wording; 0 = none)
     batch_size: int = 50  # prompts generated together
-    image_size: int = 16  # side of the prompt images (the corpus' image_size)
-    audio_max_seconds: float = 1.2  # longest audio the model may generate
-    temperature_text: float = 0.0  # 0 = greedy for X->text
+    image_size: int = 16  # prompt images' side, pixels (the corpus' image_size)
+    audio_max_seconds: float = 1.2  # longest audio the model may generate, seconds
+    temperature_text: float = 0.0  # X->text sampling temperature (0 = greedy)
     temperature_media: float = 0.8  # image / audio sampling temperature
     top_k: int | None = None  # top-k for media sampling (None = all)
     cfg_scale: float | None = None  # classifier-free guidance for media (None = off)
