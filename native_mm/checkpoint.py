@@ -203,5 +203,12 @@ def export_main(argv: list[str] | None = None, prog: str = "native-mm export") -
     args = ap.parse_args(argv)
     tokenizers = TokenizerSet.load(args.tokenizers)
     out = export_model(load_checkpoint(args.ckpt, tokenizers), args.out, tokenizers.manifest())
-    print(f"exported to {out} (model.safetensors, config.json, vocab.json)")
+    files = "model.safetensors, config.json, vocab.json"
+    from native_mm import generation_config
+
+    found = generation_config.find(args.ckpt)
+    if found:  # the model's sampling settings travel with it
+        generation_config.save(generation_config.load(found), out)
+        files += f", {generation_config.FILE}"
+    print(f"exported to {out} ({files})")
     return 0

@@ -8,6 +8,7 @@ The library entry points (:func:`~native_mm.generation.generate`, ``stream``) li
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,21 @@ def save_outputs(generations: list[Generation], out: str | Path) -> list[Path]:
     ]
 
 
+def _settings(args: argparse.Namespace, modality: str | None) -> tuple[dict, int | None, str]:
+    """Sampling settings and prompt image side: the flags given, then the model's
+    ``generation_config.json``, then the library's defaults -> (settings, size, source)."""
+    from native_mm import generation_config
+
+    given = {k: getattr(args, k) for k in generation_config.KEYS if getattr(args, k) is not None}
+    path = generation_config.find(args.ckpt)
+    model = generation_config.load(path) if path else generation_config.GenerationDefaults()
+    settings = {"temperature": 1.0, **model.for_output(modality), **given}
+    size = args.prompt_image_size or model.prompt_image_size
+    source = f"flags over {path}" if path else "flags over the library defaults: no " + (
+        f"{generation_config.FILE} beside the checkpoint")  # fmt: skip
+    return settings, size, source
+
+
 def main(argv: list[str] | None = None, prog: str = "native-mm generate") -> int:
     """``native-mm generate``: prompt segments in (in command-line order), files out."""
     p = cli_help.parser(prog, main.__doc__)
@@ -130,9 +146,9 @@ def main(argv: list[str] | None = None, prog: str = "native-mm generate") -> int
         help="force the generated audio's duration, seconds",
     )
     p.add_argument("--prompt-image-size", type=checked(1, integer=True),
-                   help="bring prompt images to this square side, pixels (default: as the "
-                        "tokenizer takes them, shrunk to the largest grid the model takes; "
-                        "the digits model: 16)")  # fmt: skip
+                   help="bring prompt images to this square side, pixels (default: the "
+                        "model's generation_config.json, else as the tokenizer takes them, "
+                        "shrunk to the largest grid the model takes)")  # fmt: skip
     p.add_argument("--prompt-image-fit", choices=IMAGE_FITS, default="pad",
                    help="with --prompt-image-size: pad (the whole image, letterboxed with "
                         "its border colour) or crop (the centre square)")  # fmt: skip
@@ -145,16 +161,19 @@ def main(argv: list[str] | None = None, prog: str = "native-mm generate") -> int
     p.add_argument(
         "--temperature",
         type=checked(0, MAX_TEMPERATURE),
-        default=1.0,
-        help="softmax temperature, 0 = greedy",
+        help="softmax temperature, 0 = greedy (default: the model's generation_config.json, "
+        "else 1.0)",
     )
     p.add_argument(
-        "--top-k", type=checked(1, integer=True), help="sample from the k most likely tokens only"
+        "--top-k",
+        type=checked(1, integer=True),
+        help="sample from the k most likely tokens only (default: the model's, else all)",
     )
     p.add_argument(
         "--top-p",
         type=checked(0, 1, low_open=True),
-        help="nucleus sampling: the smallest set of tokens with probability >= p",
+        help="nucleus sampling: the smallest set of tokens with probability >= p (default: "
+        "the model's, else all)",
     )
     p.add_argument(
         "--seed", type=checked(0, 2**63 - 1, integer=True), default=0, help="sampling seed"
@@ -162,7 +181,8 @@ def main(argv: list[str] | None = None, prog: str = "native-mm generate") -> int
     p.add_argument(
         "--cfg-scale",
         type=checked(0, MAX_CFG_SCALE),
-        help="classifier-free guidance scale for image/audio outputs (1 = none)",
+        help="classifier-free guidance scale for image/audio outputs, 1 = none (default: the "
+        "model's, else none)",
     )
     p.add_argument(
         "--num-samples",
@@ -181,20 +201,17 @@ def main(argv: list[str] | None = None, prog: str = "native-mm generate") -> int
     if args.audio_seconds is not None:
         frames = audio_frames_for(args.audio_seconds, tokenizers)
     output = OutputSpec(modality, args.image_size, frames, args.max_image_grid)
-    sampling = SamplingConfig(
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        seed=args.seed,
-        cfg_scale=args.cfg_scale,
-    )
+    settings, image_size, source = _settings(args, modality)
+    sampling = SamplingConfig(max_new_tokens=args.max_new_tokens, seed=args.seed, **settings)
+    used = ", ".join(f"{k}={v}" for k, v in settings.items())
+    print(f"{prog}: sampling {used}; prompt images {image_size or 'as the tokenizer takes them'}"
+          f" ({source})", file=sys.stderr)  # fmt: skip
     segments = getattr(args, "segments", None) or []
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     count = [0] * args.num_samples
     # Streamed: each output file is written (and printed) as soon as its segment finishes.
-    prompt_media = PromptMedia(args.prompt_image_size, args.prompt_image_fit)
+    prompt_media = PromptMedia(image_size, args.prompt_image_fit)
     for r, media in stream(
         lm.model, segments, tokenizers, output, sampling, args.num_samples, lm.layout, prompt_media
     ):

@@ -117,7 +117,7 @@ def test_eval_table_tells_right_from_wrong(judges: Judges, tmp_path: Path) -> No
     assert list((tmp_path / "wav").glob("text_to_audio_*.wav"))
 
 
-def test_smoke_pipeline_every_stage(tmp_path: Path) -> None:
+def test_smoke_pipeline_every_stage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     recipe = load_recipe(RECIPE, smoke=True)
     out = tmp_path / "run"
     report = Pipeline(recipe, out, log=lambda *a, **k: None).run()
@@ -181,6 +181,25 @@ def test_smoke_pipeline_every_stage(tmp_path: Path) -> None:
     assert cfg["max_items"] == 2 and eval3["layout"]["audio"]["levels"] == levels
     assert (cfg["cfg_scale_image"], cfg["cfg_scale_audio"]) == (
         full["cfg_scale_image"], full["cfg_scale_audio"]) != (None, None)  # fmt: skip
+    # `native-mm generate` with no sampling flags samples as the recipe's eval does
+    from native_mm import generate_cli
+    from native_mm.apps.digits.recipe import eval_settings, generation_defaults
+
+    saved = json.loads((out / "lm" / "generation_config.json").read_text())
+    assert saved == generation_defaults(eval_settings(recipe)[0]).to_dict()
+    used = {}
+    monkeypatch.setattr(generate_cli, "stream", lambda *a: used.update(samp=a[4], media=a[7])
+                        or iter(()))  # fmt: skip
+    for modality in ("image", "audio"):
+        assert generate_cli.main(["--ckpt", str(out / "lm/checkpoints/last.ckpt"),
+                                  "--tokenizers", str(out / "tokenizers/set"), "--text", "7",
+                                  "--output-modality", modality, "--out", str(tmp_path / "g")]
+                                 ) == 0  # fmt: skip
+        ev = recipe["eval"]
+        want_t = ev.get(f"temperature_{modality}") or ev["temperature_media"]
+        want_cfg = ev.get(f"cfg_scale_{modality}") or ev.get("cfg_scale")
+        assert (used["samp"].temperature, used["samp"].cfg_scale) == (want_t, want_cfg)
+        assert used["media"].image_size == recipe["corpus"]["image_size"]
     # a second run finds every artifact and skips every stage
     again = Pipeline(recipe, out, log=lambda *a, **k: None).run()
     assert all(s["status"] == "skipped" for s in again["stages"])

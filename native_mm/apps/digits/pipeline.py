@@ -37,6 +37,7 @@ from native_mm.apps.digits.recipe import (
     RecipeError,
     deep_merge,
     eval_settings,
+    generation_defaults,
     load_recipe,
     resolve,
 )
@@ -199,9 +200,16 @@ class Pipeline:
         fit_main(argv)
         if not self.checkpoint().is_file():
             raise RecipeError(f"fit finished without writing {self.checkpoint()}")
+        self.write_generation_config()
 
         write_json(done, {"checkpoint": str(self.checkpoint())})
         return None
+
+    def write_generation_config(self) -> Path:
+        """``lm/generation_config.json``: the recipe's eval sampling, the model's defaults."""
+        from native_mm.generation_config import save
+
+        return save(generation_defaults(eval_settings(self.r)[0]), self.paths["fit"])
 
     def eval(self) -> Path | None:
         from native_mm.apps.digits.evaluation import evaluate_checkpoint, read_result
@@ -214,6 +222,7 @@ class Pipeline:
             except ValueError as e:
                 self.log(f"  {e}; evaluating again")
         cfg, audio_root = eval_settings(self.r)
+        self.write_generation_config()
         evaluate_checkpoint(self.checkpoint(), self.paths["tokenizers"], out, cfg, audio_root)
         return None
 

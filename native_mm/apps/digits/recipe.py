@@ -118,3 +118,23 @@ def resolve(p: str | Path, recipe_path: str | Path) -> Path:
         if (base / p).exists():
             return base / p
     return p
+
+
+def generation_defaults(cfg: EvalConfig) -> Any:
+    """The eval's tuned sampling as the model's ``generation_config.json``: what a user's
+    ``native-mm generate`` uses when no flag says otherwise."""
+    from native_mm.generation_config import GenerationDefaults
+
+    def media(kind: str) -> dict:
+        temperature = getattr(cfg, f"temperature_{kind}")
+        scale = getattr(cfg, f"cfg_scale_{kind}")
+        out = {
+            "temperature": cfg.temperature_media if temperature is None else temperature,
+            "top_k": cfg.top_k,
+            "cfg_scale": cfg.cfg_scale if scale is None else scale,
+        }
+        return {k: v for k, v in out.items() if v is not None}
+
+    sampling = {"text": {"temperature": cfg.temperature_text}, "image": media("image"),
+                "audio": media("audio")}  # fmt: skip
+    return GenerationDefaults(sampling, cfg.image_size)
