@@ -12,7 +12,10 @@ Applications add verbs without the library importing them: an entry point in the
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+
+from native_mm import quiet
 
 APP_GROUP = "native_mm.apps"
 
@@ -82,12 +85,20 @@ def usage(verbs: dict[tuple[str, ...], tuple[str, str]] | None = None) -> str:
     width = max(len(" ".join(v)) for v in verbs)
     for words, (_, help_) in sorted(verbs.items()):
         lines.append(f"  {' '.join(words):<{width}}  {help_}")
-    lines.append("\nRun `native-mm VERB --help` for a verb's arguments.")
+    lines.append(
+        "\nRun `native-mm VERB --help` for a verb's arguments; `native-mm --verbose VERB`"
+        " also shows the third-party messages silenced by default."
+    )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--verbose"]:  # every third-party line too (see native_mm/quiet.py)
+        argv.pop(0)
+        os.environ["NATIVE_MM_VERBOSE"] = "1"
+    if not quiet.verbose():
+        quiet.install()
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
         return 0 if argv else 2

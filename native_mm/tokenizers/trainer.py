@@ -276,6 +276,7 @@ def fit_tokenizer(
         check_val_every_n_epoch=None if spec.val_every else 1,
         limit_val_batches=None if val_loader is not None else 0,
         enable_model_summary=False,
+        enable_progress_bar=sys.stderr.isatty(),  # a bar in a terminal, not in logs
         default_root_dir=str(out_dir),
         plugins=[ChecksummedCheckpointIO()],  # atomic .ckpt + sha256, verified on resume
     )
@@ -291,7 +292,7 @@ def fit_tokenizer(
     )
     # every_n_train_steps does not fire on the final step: save it so a later resume with
     # a larger max_steps continues from the end, not from the last periodic checkpoint.
-    trainer.save_checkpoint(str(last))
+    trainer.save_checkpoint(str(last), weights_only=False)  # the full state: resumable
     merge_logs(out_dir)
     return trainer
 
