@@ -247,6 +247,9 @@ def fit_tokenizer(
         dirpath=ckpt_dir, save_last=True, save_top_k=0, every_n_train_steps=spec.checkpoint_every
     )
     if spec.logger == "wandb":
+        from native_mm.extras import require
+
+        require("wandb", "wandb", "trainer.logger: wandb")
         logger = WandbLogger(save_dir=str(out_dir), project="native-mm", offline=True)
     else:
         # version=None: a resumed run gets a new folder (a fixed version would delete the

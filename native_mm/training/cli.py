@@ -5,7 +5,7 @@
 
 Every ``model.*``, ``data.*`` and ``trainer.*`` field of the recipe can be overridden on
 the command line. ``run.*`` holds what the Trainer does not: output directory, logger
-choice (wandb offline by default, with a CSV logger always beside it as the fallback),
+choice (CSV; wandb offline beside it with the ``wandb`` extra installed),
 checkpoint cadence, CPU threads. ``model.vocab_manifest`` is linked from the data's
 shard manifest, so the model's vocabulary always matches the data.
 """
@@ -23,7 +23,6 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger
-from lightning.pytorch.utilities import rank_zero_warn
 
 from native_mm.training.checkpoint_io import ChecksummedCheckpointIO
 from native_mm.training.data import ShardDataModule
@@ -45,8 +44,8 @@ class FitCLI(LightningCLI):
         parser.add_argument("--run.out_dir", type=str, default="runs/default",
                             help="directory for checkpoints and logs")  # fmt: skip
         parser.add_argument("--run.name", type=str, default="native-mm", help="run name")
-        parser.add_argument("--run.logger", type=str, default="wandb",
-                            help="wandb (offline) + csv | csv | none")  # fmt: skip
+        parser.add_argument("--run.logger", type=str, default="csv",
+                            help="csv | wandb (offline + csv; wandb extra) | none")  # fmt: skip
         parser.add_argument("--run.checkpoint_every", type=int, default=500,
                             help="optimizer steps between checkpoints (last.ckpt)")  # fmt: skip
         parser.add_argument("--run.keep_checkpoints", type=int, default=1,
@@ -100,18 +99,16 @@ class FitCLI(LightningCLI):
             return False
         loggers: list = []
         if run.logger == "wandb":
-            try:
-                from lightning.pytorch.loggers import WandbLogger
+            from lightning.pytorch.loggers import WandbLogger
 
-                os.environ.setdefault("WANDB_MODE", "offline")
-                offline = os.environ["WANDB_MODE"] != "online"
-                loggers.append(
-                    WandbLogger(
-                        name=run.name, save_dir=str(out), project="native-mm", offline=offline
-                    )
-                )
-            except Exception as e:  # wandb missing or broken: CSV still records everything
-                rank_zero_warn(f"wandb logger unavailable ({e}); logging to CSV only")
+            from native_mm.extras import require
+
+            require("wandb", "wandb", "run.logger: wandb")
+            os.environ.setdefault("WANDB_MODE", "offline")
+            offline = os.environ["WANDB_MODE"] != "online"
+            loggers.append(
+                WandbLogger(name=run.name, save_dir=str(out), project="native-mm", offline=offline)
+            )
         elif run.logger != "csv":
             raise ValueError(f"run.logger must be wandb, csv or none, got {run.logger!r}")
         flush = run.csv_flush_every
