@@ -49,6 +49,7 @@ class Pretrained:
     model: Transformer
     vocab: Vocab
     layout: Layout
+    steps: int | None = None  # optimiser steps it was trained for (None: not recorded)
 
     @property
     def codec(self) -> SequenceCodec:
@@ -151,7 +152,8 @@ def load_checkpoint(
         raise CheckpointError(f"{path}: weights do not fit model_config ({e})") from None
     if config.kernels == "auto":
         kernels.decode_layout(model)  # inference: same values, faster CPU decoding
-    return Pretrained(model.eval(), vocab, layout)
+    steps = ckpt.get("global_step")
+    return Pretrained(model.eval(), vocab, layout, int(steps) if steps is not None else None)
 
 
 def _contiguous(model: Transformer) -> dict:

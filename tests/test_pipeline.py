@@ -138,6 +138,7 @@ def test_smoke_pipeline_every_stage(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         assert (out / path).is_file(), path
     result = json.loads((out / "eval" / "eval.json").read_text())
     assert sorted(result["directions"]) == sorted(DIRECTIONS)
+    assert result["steps"] == recipe["fit"]["overrides"]["trainer"]["max_steps"]  # grid titles
     assert set(report["eval"]) == set(DIRECTIONS)
     # the shards' audio layout (tokenize.audio_levels) travels into the checkpoint, so
     # generation and a stand-alone eval use it without being told
@@ -296,3 +297,20 @@ def test_pipeline_recipes_load_with_their_tokenizers(name: str) -> None:
             assert (REPO / spec["spec"]).is_file()
             if spec.get("dir"):
                 assert (REPO / spec["dir"] / "weights.pt").is_file()
+
+
+def test_image_grid_is_sized_to_what_was_generated_and_titled() -> None:
+    from PIL import Image
+
+    from native_mm.apps.digits.evaluation import grid_title, image_grid
+
+    row = {"n": 4, "accuracy": 0.25}
+    title = grid_title("text->image", row, 3)
+    assert title == ("text->image: 4 prompts, 25% judged right, model after 3 steps "
+                     "(few steps: noise expected)")  # fmt: skip
+    assert "noise" not in grid_title("text->image", row, 6000)
+    tiles = [(d, Image.new("L", (16, 16), 200)) for d in (0, 1, 1, 7)] + [(5, None)]
+    grid = image_grid(tiles, scale=4, title="")
+    assert grid.size == (16 + 2 * 66, 3 * 66)  # digits 0, 1, 7; two columns; no title line
+    titled = image_grid(tiles, scale=4, title=title)
+    assert titled.size[1] == 14 + 3 * 66 and titled.size[0] > grid.size[0]

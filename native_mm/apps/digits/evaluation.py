@@ -266,20 +266,43 @@ def markdown_table(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def image_grid(samples: list[tuple[int, Any]], per_digit: int = 10, scale: int = 4) -> Any:
-    """Rows = digits 0-9, columns = the first ``per_digit`` generated images of each."""
-    from PIL import Image
+FEW_STEPS = 100  # a model trained for fewer steps draws noise: its grids say so
 
-    by: dict[int, list[Any]] = {d: [] for d in range(10)}
+
+def grid_title(direction: str, row: dict, steps: int | None) -> str:
+    """``text->image: 4 prompts, 25% judged right, model after 3 steps (noise expected)``."""
+    title = f"{direction}: {row['n']} prompts, {row['accuracy']:.0%} judged right"
+    if steps is not None:
+        title += f", model after {steps} steps"
+        if steps < FEW_STEPS:
+            title += " (few steps: noise expected)"
+    return title
+
+
+def image_grid(
+    samples: list[tuple[int, Any]], per_digit: int = 10, scale: int = 4, title: str = ""
+) -> Any:
+    """A row per digit that has images (labelled), as many columns as its longest row (at
+    most ``per_digit``), under a ``title`` line: sized to what was generated."""
+    from PIL import Image, ImageDraw
+
+    by: dict[int, list[Any]] = {}
     for d, im in samples:
-        if im is not None and len(by[d]) < per_digit:
+        if im is not None and len(by.setdefault(d, [])) < per_digit:
             by[d].append(im.convert("L"))
     side = max((im.size[0] for v in by.values() for im in v), default=16) * scale
-    grid = Image.new("L", (per_digit * (side + 2), 10 * (side + 2)), 64)
-    for d, ims in by.items():
-        for j, im in enumerate(ims):
+    cols, label, head = max((len(v) for v in by.values()), default=0), 16, 14 if title else 0
+    draw_text = ImageDraw.Draw(Image.new("L", (1, 1)))
+    width = max(label + cols * (side + 2), int(draw_text.textlength(title)) + 4)
+    grid = Image.new("L", (width, head + max(1, len(by)) * (side + 2)), 64)
+    draw = ImageDraw.Draw(grid)
+    draw.text((2, 1), title, fill=255)
+    for r, d in enumerate(sorted(by)):
+        top = head + r * (side + 2)
+        draw.text((4, top + side // 2 - 5), str(d), fill=255)
+        for j, im in enumerate(by[d]):
             big = im.resize((side, side), Image.Resampling.NEAREST)
-            grid.paste(big, (j * (side + 2), d * (side + 2)))
+            grid.paste(big, (label + j * (side + 2), top))
     return grid
 
 
@@ -298,7 +321,8 @@ def save_outputs(
     for d in ("text->image", "audio->image"):
         if samples.get(d):
             name = f"grid_{d.replace('->', '_to_')}.png"
-            save_image(out / name, image_grid(samples[d]))
+            title = grid_title(d, result["directions"][d], result.get("steps"))
+            save_image(out / name, image_grid(samples[d], title=title))
             files.append(name)
     (out / "wav").mkdir(exist_ok=True)
     for d in ("text->audio", "image->audio"):
@@ -410,7 +434,7 @@ def evaluate_checkpoint(
         if progress:
             print(f"eval robustness: {group}", flush=True)
         robustness[group] = evaluate(gen_fn, its, judges, cfg=cfg, progress=progress)["directions"]
-    extra = {"judges": own, "robustness": robustness, "checkpoint": str(ckpt),
+    extra = {"judges": own, "robustness": robustness, "checkpoint": str(ckpt), "steps": lm.steps,
              "tokenizers": str(tokenizers_dir), "layout": lm.layout.to_dict()}  # fmt: skip
     result = evaluate(gen_fn, items, judges, out=out, cfg=cfg, progress=progress, extra=extra)
     result["seconds"] = round(time.perf_counter() - t0, 1)
