@@ -92,6 +92,17 @@ def usage(verbs: dict[tuple[str, ...], tuple[str, str]] | None = None) -> str:
     return "\n".join(lines)
 
 
+def one_line(e: BaseException) -> str:
+    """An error's message on one line. An error re-raised from a DataLoader worker carries
+    the worker's whole traceback; its last line is the message."""
+    text = str(e).strip()
+    if "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        name, sep, rest = last.partition(": ")
+        text = rest if sep and name.rsplit(".", 1)[-1].endswith(("Error", "Exception")) else last
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--verbose"]:  # every third-party line too (see native_mm/quiet.py)
@@ -118,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             except (ValueError, OSError) as e:
                 # Errors a user can cause carry the file/record in their message; an
                 # OSError names its file too ("[Errno 21] Is a directory: 'x'").
-                print(f"{prog}: error: {e}", file=sys.stderr)
+                print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
                 return 1
             return int(rc or 0)
     print(f"native-mm: unknown verb {' '.join(argv[:3])!r}\n\n{usage(verbs)}", file=sys.stderr)

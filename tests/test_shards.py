@@ -14,7 +14,8 @@ from native_mm.cli import main as cli_main
 from native_mm.documents import read_documents
 from native_mm.sequence import SequenceCodec, encode_document
 from native_mm.training.media_cache import MediaCache
-from native_mm.training.shards import ShardError, ShardSet, read_manifest, tokenize
+from native_mm.training.shard_reader import ShardSet
+from native_mm.training.shards import ShardError, read_manifest, tokenize
 from tests.doubles import tokenizer_set, write_corpus
 
 

@@ -30,7 +30,8 @@ from native_mm.training.module import (
     LanguageModule,
     cosine_schedule,
 )
-from native_mm.training.shards import ShardError, ShardSet, write_shards_from_ids
+from native_mm.training.shard_reader import ShardSet
+from native_mm.training.shards import ShardError, write_shards_from_ids
 from native_mm.vocab import BOA, BOI, BOS, EOA, EOI, Vocab, VocabError
 from tests.doubles import corpus_shards, fit_args, random_docs, step_losses, text_shards
 

@@ -45,7 +45,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from native_mm.layouts import Layout, LayoutError
-from native_mm.training.shards import ShardError, ShardSet
+from native_mm.training.shard_reader import ShardSet
+from native_mm.training.shards import ShardError
 from native_mm.vocab import BOS, EOS, manifest_digest
 
 

@@ -36,7 +36,7 @@ from native_mm import cli_help
 from native_mm.io import atomic_write, read_json, remove_temp_files, sha256_file, write_json
 from native_mm.layouts import AudioFrameMajor, Layout
 from native_mm.training.media_cache import MediaCache
-from native_mm.vocab import MODALITIES, Vocab, VocabError
+from native_mm.vocab import BOS, EOS, MODALITIES, Vocab
 
 SHARDS_VERSION = 1
 FILES = ("ids.bin", "loss.bin", "docs.npy")
@@ -275,6 +275,7 @@ def tokenize(
             markers[job.index] = _run_job(job)
     manifest = _build_manifest(out_dir, markers, n_shards, vocab_manifest, build_key, input_info)
     manifest["layout"] = _recorded_layout(manifest, tset.vocab, layout)
+    manifest["framed"] = True  # every document <bos> ... <eos>: the reader checks it
     skipped = invalid + [s for i in range(n_shards) for s in markers[i]["skipped"]]
     write_json(out_dir / "skipped.json", {"count": len(skipped), "records": skipped})
     write_manifest(out_dir / "manifest.json", manifest)
@@ -364,83 +365,13 @@ def write_shards_from_ids(
         markers[i] = write_shard(out_dir, i, chunk, vocab, meta)
     manifest = _build_manifest(out_dir, markers, n_shards, vocab_manifest, build_key, [])
     manifest["layout"] = _recorded_layout(manifest, vocab, layout)
+    manifest["framed"] = all(len(d[0]) > 1 and d[0][0] == BOS and d[0][-1] == EOS for d in docs)
     write_json(out_dir / "skipped.json", {"count": 0, "records": []})
     write_manifest(out_dir / "manifest.json", manifest)
     return manifest
 
 
 # ---- reading --------------------------------------------------------------------------
-class ShardSet:
-    """Read-only view of a shard directory: documents as ``(ids, loss)`` memmap slices.
-
-    Args:
-        path: the directory holding ``manifest.json``.
-        verify: "full" checks every file's sha256 (default), "size" only file sizes,
-            "none" nothing beyond the manifest's own checksum.
-    """
-
-    def __init__(self, path: str | Path, verify: str = "full") -> None:
-        if verify not in ("full", "size", "none"):
-            raise ValueError(f"verify must be 'full', 'size' or 'none', got {verify!r}")
-        self.path = Path(path)
-        self.manifest = read_manifest(self.path)
-        try:
-            self.vocab = Vocab.from_manifest(self.manifest["vocab"], str(self.path))
-        except VocabError as e:
-            raise ShardError(f"{self.path / 'manifest.json'}: {e}") from None
-        self.dtype = np.dtype(self.manifest["dtype"])
-        starts, shard_of, offsets = [], [], []
-        for sh in self.manifest["shards"]:
-            paths = shard_paths(self.path, sh["index"])
-            for f in FILES:
-                p = paths[f]
-                if not p.is_file():
-                    raise ShardError(f"{p}: shard file missing")
-                if verify == "full" and sha256_file(p) != sh["files"][f]["sha256"]:
-                    raise ShardError(f"{p}: corrupted shard (sha256 does not match the manifest)")
-            n_tok = paths["ids.bin"].stat().st_size // self.dtype.itemsize
-            if n_tok != sh["tokens"] or paths["loss.bin"].stat().st_size != sh["tokens"]:
-                raise ShardError(f"{paths['ids.bin']}: corrupted shard (wrong size)")
-            try:
-                off = np.load(paths["docs.npy"])
-            except ValueError as e:
-                raise ShardError(f"{paths['docs.npy']}: corrupted shard index ({e})") from None
-            if len(off) != sh["documents"] + 1 or (len(off) and off[-1] != sh["tokens"]):
-                raise ShardError(f"{paths['docs.npy']}: corrupted shard index (inconsistent)")
-            offsets.append(off)
-            shard_of.append(np.full(sh["documents"], len(starts), dtype=np.int64))
-            starts.append(sh["index"])
-        self._shard_index = starts
-        self.doc_shard = np.concatenate(shard_of) if shard_of else np.zeros(0, np.int64)
-        self.doc_start = np.concatenate([o[:-1] for o in offsets]).astype(np.int64)
-        self.doc_len = np.concatenate([np.diff(o) for o in offsets]).astype(np.int64)
-        self._maps: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-
-    def __len__(self) -> int:
-        return len(self.doc_len)
-
-    @property
-    def tokens(self) -> int:
-        return int(self.manifest["tokens"])
-
-    def _map(self, k: int) -> tuple[np.ndarray, np.ndarray]:
-        if k not in self._maps:
-            paths = shard_paths(self.path, self._shard_index[k])
-            ids = np.memmap(paths["ids.bin"], dtype=self.dtype, mode="r")
-            loss = np.memmap(paths["loss.bin"], dtype=np.uint8, mode="r")
-            self._maps[k] = (ids, loss)
-        return self._maps[k]
-
-    def document(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """Document ``i`` -> (ids int64 (L,), loss_mask bool (L,))."""
-        ids, loss = self._map(int(self.doc_shard[i]))
-        s, n = int(self.doc_start[i]), int(self.doc_len[i])
-        return np.array(ids[s : s + n], dtype=np.int64), np.array(loss[s : s + n], dtype=bool)
-
-    def __getstate__(self) -> dict:  # memmaps are reopened in each worker, never pickled
-        return {**self.__dict__, "_maps": {}}
-
-
 # ---- CLI --------------------------------------------------------------------------------
 def main(argv: list[str] | None = None, prog: str = "native-mm tokenize") -> int:
     p = cli_help.parser(prog, __doc__.split("\n")[0])
