@@ -287,7 +287,26 @@ def test_corpus_audio_prompt_knobs(tmp_path: Path) -> None:
         CorpusConfig(clean_prompts=1.5)
 
 
-@pytest.mark.parametrize("name", ["digits.yaml", "digits_wide.yaml"])
+def test_prompt_loss_per_kind(tmp_path: Path) -> None:
+    """prompt_loss: a list keeps the loss on the prompts of those kinds only."""
+    small = SMALL | {"max_clips": 10, "max_images": 10, "image_augment": 0,
+                     "docs": {"audio->text": 20, "image->text": 20, "text->image": 20}}  # fmt: skip
+    for loss, with_loss in ((True, {"text", "image", "audio"}), (False, set()),
+                            (["image"], {"image"})):  # fmt: skip
+        out = tmp_path / str(loss)
+        build_corpus(CorpusConfig(**small, prompt_loss=loss), out)
+        docs = [json.loads(x) for x in (out / "documents.jsonl").read_text().splitlines()]
+        firsts = [d["segments"][0] for d in docs]
+        kinds = {next(iter(k for k in f if k != "loss")) for f in firsts}
+        assert kinds == {"text", "image", "audio"}
+        for f in firsts:
+            kind = next(iter(k for k in f if k != "loss"))
+            assert f.get("loss", True) == (kind in with_loss), (loss, f)
+    with pytest.raises(CorpusError, match="prompt_loss"):
+        CorpusConfig(prompt_loss=["video"])
+
+
+@pytest.mark.parametrize("name", ["digits.yaml", "digits_narrow.yaml"])
 def test_pipeline_recipes_load_with_their_tokenizers(name: str) -> None:
     for smoke in (False, True):
         recipe = load_recipe(REPO / "recipes" / name, smoke=smoke)

@@ -66,6 +66,9 @@ class CorpusError(ValueError):
     """A corpus configuration or source that cannot be used; names the field or file."""
 
 
+MODALITY_KINDS = ("text", "image", "audio")
+
+
 @dataclasses.dataclass
 class CorpusConfig:
     """What goes into the built-in digits corpus."""
@@ -78,7 +81,8 @@ class CorpusConfig:
         default_factory=lambda: {d: 2000 for d in DIRECTIONS} | {"mixed": 600}
     )
     question_rate: float = 0.2  # share of X->text documents whose answer follows a question
-    prompt_loss: bool = True  # False: the prompt segment of direction docs gets "loss": false
+    prompt_loss: bool | list = True  # loss on the prompts of direction docs: all (True),
+    #   none (False) or those of the listed kinds (e.g. ["image"]); the rest get "loss": false
     free_wording: float = 0.5  # share of text->X prompts in free wording (wording.py)
     audio_augment_kind: str = "recorded"  # "recorded" (augment.py: rooms, noise, telephone,
     #   ...; copies only in prompts) or "speed_gain" (speed and level; copies everywhere)
@@ -103,6 +107,10 @@ class CorpusConfig:
             raise CorpusError(f"corpus.free_wording = {self.free_wording}: must be in [0, 1]")
         if not 0.0 <= self.question_rate <= 1.0:
             raise CorpusError(f"corpus.question_rate = {self.question_rate}: must be in [0, 1]")
+        kinds = self.prompt_loss if isinstance(self.prompt_loss, list) else []
+        if not isinstance(self.prompt_loss, (bool, list)) or set(kinds) - set(MODALITY_KINDS):
+            raise CorpusError(f"corpus.prompt_loss = {self.prompt_loss!r}: true, false or a "
+                              f"list of {MODALITY_KINDS}")  # fmt: skip
         if self.image_size < 8:
             raise CorpusError(f"corpus.image_size = {self.image_size}: must be >= 8")
 
@@ -194,7 +202,9 @@ def _segments(
         first = {"text": free_prompt(dst, digit, r) if free else fill(r.choice(prompts), digit)}
     else:
         first = media(src)
-    if not cfg.prompt_loss:
+    kind = next(iter(first.keys() - {"loss"}))
+    loss = cfg.prompt_loss
+    if not (loss is True or (isinstance(loss, list) and kind in loss)):
         first["loss"] = False
     second = (
         answer(IMAGE_CAPTIONS if src == "image" else AUDIO_CAPTIONS)

@@ -220,10 +220,11 @@ DATA_STAGES = ("corpus", "text", "image", "audio", "tokenizers", "shards")
 
 def prepare_digits(
     out: str | Path, smoke: bool = False, overrides: dict | None = None,
-    recipe: str | Path = REPO / "recipes" / "digits.yaml", log: Any = print,
+    recipe: str | Path = REPO / "recipes" / "digits_narrow.yaml", log: Any = print,
     stages: tuple[str, ...] = DATA_STAGES,
 ) -> dict[str, Path]:  # fmt: skip
-    """The main job's data stages (corpus -> tokenizers -> shards) into ``out``.
+    """The main job's data stages (corpus -> tokenizers -> shards) into ``out``: by default
+    the narrow recipe the ablation notebooks were measured with (runs J/K's corpus).
 
     Each stage is skipped when its output exists, so several notebooks share one build.
     ``smoke`` merges the recipe's ``smoke:`` block (a tiny corpus) but keeps the shipped
