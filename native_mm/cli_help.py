@@ -15,7 +15,8 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if "default" in text or action.required or action.default in (None, False):
+        off = action.default is None or action.default is False  # 0 is a default to show
+        if "default" in text or action.required or off:
             return text
         return super()._get_help_string(action) or text
 

@@ -111,6 +111,23 @@ def _settings(args: argparse.Namespace, modality: str | None) -> tuple[dict, int
     return settings, size, source
 
 
+MODEL = "(default: the model's generation_config.json, else {})"
+# flag, parser type, default (None: from the model), help line
+SAMPLING_OPTIONS = [
+    ("--max-new-tokens", checked(1, integer=True), 512, "generated tokens per sample at most"),
+    ("--temperature", checked(0, MAX_TEMPERATURE), None,
+     "softmax temperature, 0 = greedy " + MODEL.format("1.0")),
+    ("--top-k", checked(1, integer=True), None,
+     "sample from the k most likely tokens only " + MODEL.format("all")),
+    ("--top-p", checked(0, 1, low_open=True), None,
+     "nucleus: the smallest set of tokens with probability >= p " + MODEL.format("all")),
+    ("--seed", checked(0, 2**63 - 1, integer=True), 0, "sampling seed"),
+    ("--cfg-scale", checked(0, MAX_CFG_SCALE), None,
+     "classifier-free guidance for image/audio outputs, 1 = none " + MODEL.format("none")),
+    ("--num-samples", checked(1, 1024, integer=True), 1, "samples drawn for the prompt, one batch"),
+]  # fmt: skip
+
+
 def main(argv: list[str] | None = None, prog: str = "native-mm generate") -> int:
     """``native-mm generate``: prompt segments in (in command-line order), files out."""
     p = cli_help.parser(prog, main.__doc__)
@@ -152,44 +169,8 @@ def main(argv: list[str] | None = None, prog: str = "native-mm generate") -> int
     p.add_argument("--prompt-image-fit", choices=IMAGE_FITS, default="pad",
                    help="with --prompt-image-size: pad (the whole image, letterboxed with "
                         "its border colour) or crop (the centre square)")  # fmt: skip
-    p.add_argument(
-        "--max-new-tokens",
-        type=checked(1, integer=True),
-        default=512,
-        help="generated tokens per sample at most",
-    )
-    p.add_argument(
-        "--temperature",
-        type=checked(0, MAX_TEMPERATURE),
-        help="softmax temperature, 0 = greedy (default: the model's generation_config.json, "
-        "else 1.0)",
-    )
-    p.add_argument(
-        "--top-k",
-        type=checked(1, integer=True),
-        help="sample from the k most likely tokens only (default: the model's, else all)",
-    )
-    p.add_argument(
-        "--top-p",
-        type=checked(0, 1, low_open=True),
-        help="nucleus sampling: the smallest set of tokens with probability >= p (default: "
-        "the model's, else all)",
-    )
-    p.add_argument(
-        "--seed", type=checked(0, 2**63 - 1, integer=True), default=0, help="sampling seed"
-    )
-    p.add_argument(
-        "--cfg-scale",
-        type=checked(0, MAX_CFG_SCALE),
-        help="classifier-free guidance scale for image/audio outputs, 1 = none (default: the "
-        "model's, else none)",
-    )
-    p.add_argument(
-        "--num-samples",
-        type=checked(1, 1024, integer=True),
-        default=1,
-        help="samples drawn for the prompt, in one batch",
-    )
+    for flag, kind, default, text in SAMPLING_OPTIONS:
+        p.add_argument(flag, type=kind, default=default, help=text)
     p.add_argument("--out", required=True, help="directory for the .txt/.png/.wav outputs")
     args = p.parse_args(argv)
     from native_mm.tokenizers.base import TokenizerSet

@@ -10,6 +10,18 @@ ROOT = Path(__file__).resolve().parents[1]
 TEXT_SAMPLE = ROOT / "tokenizers" / "text" / "corpus" / "sample.txt"
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models are fastest single-threaded (and the CPU is shared); a module opts in
+    with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def text_corpus() -> list[str]:
     """A few paragraphs (English, code, numbers, other scripts) plus digit phrases."""

@@ -43,9 +43,8 @@ def test_every_option_has_a_help_line_and_its_default(verb: str) -> None:
             continue
         name = action.option_strings[0] if action.option_strings else action.dest
         assert action.help and "EvalConfig." not in action.help, (verb, name)
-        has_default = action.default not in (None, False, argparse.SUPPRESS) or (
-            "default" in action.help
-        )
+        unset = action.default is None or action.default is False
+        has_default = not unset and action.default != argparse.SUPPRESS
         if action.option_strings and not action.required and has_default:
             assert "default" in p._get_formatter()._get_help_string(action), (verb, name)
     assert "usage:" in text

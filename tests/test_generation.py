@@ -32,13 +32,7 @@ VOCAB = Vocab(text_size=100, image_codes=32, audio_codes=16, audio_levels=3, ima
 PROMPTS = [[BOS, 20, 21, 22, 23, 24], [BOS, 30], [BOS, 40, 41, 42]]  # different lengths
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tiny models are fastest single-threaded (and the CPU is shared)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(vocab_size: int, seed: int = 0, **overrides) -> Transformer:
