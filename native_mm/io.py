@@ -266,4 +266,14 @@ def load_torch(
     try:
         return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises many types for a corrupt/unsafe file
-        raise ValueError(f"{path}: cannot load checkpoint ({type(e).__name__}: {e})") from None
+        raise ValueError(f"{path}: cannot load checkpoint ({_load_failure(e)})") from None
+
+
+def _load_failure(e: Exception) -> str:
+    """torch.load's error in one line (its messages run over several)."""
+    import pickle
+
+    if isinstance(e, pickle.UnpicklingError) and "Weights only load failed" in str(e):
+        return "not tensors and plain data only: refused, since unpickling it could run code"
+    first = (str(e).strip().splitlines() or [""])[0].split(". ")[0]
+    return f"{type(e).__name__}: {first[:200]}"

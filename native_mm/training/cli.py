@@ -59,6 +59,33 @@ class FitCLI(LightningCLI):
         )
         parser.link_arguments("data", "model.layout", compute_fn=_layout, apply_on="instantiate")
 
+    def _parse_ckpt_path(self) -> None:
+        """Lightning loads ``--ckpt_path`` here, unchecked, and lets the hyper-parameters
+        stored in it override the recipe (a stored ``code_vectors`` path made fit open it).
+        Here the file is loaded like every checkpoint (checksum, ``weights_only``; a bad
+        file is a one-line error naming it), and the recipe and command line win: stored
+        values that differ are listed, not applied."""
+        from native_mm.io import load_torch
+
+        if not self.config.get("subcommand"):
+            return
+        cfg = self.config[self.config.subcommand]
+        path = cfg.get("ckpt_path")
+        if not path or not Path(path).is_file():
+            return  # "last" and friends: Lightning finds the file, our plugin loads it
+        ckpt = load_torch(path)  # ValueError naming the file (cli.main prints one line)
+        if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+            raise ValueError(f"{path}: not a training checkpoint of `native-mm fit`")
+        stored, model = ckpt.get("hyper_parameters") or {}, cfg.get("model") or {}
+        for key, value in sorted(stored.items()):
+            ours = model.get(key) if hasattr(model, "get") else None
+            if key in model and ours != value and not hasattr(ours, "keys"):
+                print(
+                    f"native-mm fit: {path} was trained with model.{key}={value!r}; "
+                    f"the recipe's {ours!r} is used",
+                    file=sys.stderr,
+                )
+
     def before_instantiate_classes(self) -> None:
         run = self.config[self.subcommand]["run"] if self.subcommand else self.config["run"]
         if run.threads:
