@@ -277,3 +277,43 @@ def _load_failure(e: Exception) -> str:
         return "not tensors and plain data only: refused, since unpickling it could run code"
     first = (str(e).strip().splitlines() or [""])[0].split(". ")[0]
     return f"{type(e).__name__}: {first[:200]}"
+
+
+class LockedError(ValueError):
+    """Another process is writing the directory."""
+
+
+@contextlib.contextmanager
+def directory_lock(directory: str | Path, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``directory`` while writing it (``.lock`` inside, with the
+    holder's pid). ``fcntl.flock`` is released by the kernel when the holder dies, so a
+    killed run never blocks the next one; the file is removed when the holder finishes.
+
+    Raises:
+        LockedError: another process holds it; the message names the directory and pid.
+    """
+    import fcntl
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / ".lock"
+    f = open(path, "a+")  # noqa: SIM115 -- held open for the lock's lifetime
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise LockedError(
+            f"{directory}: {holder} is writing here already; wait for it to finish or "
+            "write to another directory"
+        ) from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"{what} (pid {os.getpid()})")
+    f.flush()
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        f.close()

@@ -214,3 +214,31 @@ def test_media_cache_encodes_each_file_once_with_the_same_codes(tiny_tokenizers,
     second = cache("audio", wav)
     assert cache.misses == 3 and second.shape != first.shape
     assert cache("text", "doc 0") is None
+
+
+def test_a_second_tokenize_into_the_same_directory_is_refused_naming_the_first(tmp_path):
+    """Two runs into one directory both did all the work; now the second stops at once,
+    and a killed holder never blocks the next run (the kernel drops its lock)."""
+    import signal
+    import subprocess
+    import sys
+
+    from native_mm.io import LockedError, directory_lock
+    from tests.doubles import tokenizer_set, write_corpus
+
+    corpus, out = write_corpus(tmp_path / "corpus", 6), tmp_path / "shards"
+    first = rf"{out}: native-mm tokenize \(pid \d+\) is"
+    with directory_lock(out, "native-mm tokenize"), pytest.raises(LockedError, match=first):
+        tokenize([corpus], out, tokenizer_set(), workers=0, log=lambda s: None)
+    code = ("import sys, time; from native_mm.io import directory_lock\n"
+            "with directory_lock(sys.argv[1], 'holder'):\n"
+            " print('held', flush=True); time.sleep(60)")  # fmt: skip
+    holder = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE,
+                              text=True)  # fmt: skip
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(LockedError, match=r"holder \(pid"):
+        tokenize([corpus], out, tokenizer_set(), workers=0, log=lambda s: None)
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    manifest = tokenize([corpus], out, tokenizer_set(), workers=0, log=lambda s: None)
+    assert manifest["documents"] > 0 and not (out / ".lock").exists()

@@ -33,7 +33,14 @@ from typing import Any
 import numpy as np
 
 from native_mm import cli_help
-from native_mm.io import atomic_write, read_json, remove_temp_files, sha256_file, write_json
+from native_mm.io import (
+    atomic_write,
+    directory_lock,
+    read_json,
+    remove_temp_files,
+    sha256_file,
+    write_json,
+)
 from native_mm.layouts import AudioFrameMajor, Layout
 from native_mm.training.media_cache import MediaCache
 from native_mm.vocab import BOS, EOS, MODALITIES, Vocab
@@ -220,71 +227,74 @@ def tokenize(
     from native_mm.tokenizers.base import TokenizerSet
 
     out_dir = Path(out_dir)
-    if docs_per_shard < 1:
-        raise ValueError(f"docs_per_shard must be >= 1, got {docs_per_shard}")
-    tset = tokenizers if isinstance(tokenizers, TokenizerSet) else TokenizerSet.load(tokenizers)
-    vocab_manifest = tset.manifest()
-    if layout is not None:
-        layout.resolved(tset.vocab)  # a layout the vocabulary cannot hold: LayoutError now
-    docs, invalid, input_info = [], [], []
-    for path in map(Path, inputs):
-        report = SkipReport()
-        for doc in read_documents(path, on_error="skip", report=report):
-            docs.append((path.stem, doc))
-        invalid += [
-            {"source": src, "reason": "invalid_record", "validator_reason": why, "message": msg}
-            for (src, msg), why in zip(report.messages, report.reasons, strict=True)
-        ]
-        input_info.append(
-            {"path": str(path), "sha256": sha256_file(path), "skipped": dict(report.counts)}
+    with directory_lock(out_dir, "native-mm tokenize"):  # two runs never write one directory
+        if docs_per_shard < 1:
+            raise ValueError(f"docs_per_shard must be >= 1, got {docs_per_shard}")
+        tset = tokenizers if isinstance(tokenizers, TokenizerSet) else TokenizerSet.load(tokenizers)
+        vocab_manifest = tset.manifest()
+        if layout is not None:
+            layout.resolved(tset.vocab)  # a layout the vocabulary cannot hold: LayoutError now
+        docs, invalid, input_info = [], [], []
+        for path in map(Path, inputs):
+            report = SkipReport()
+            for doc in read_documents(path, on_error="skip", report=report):
+                docs.append((path.stem, doc))
+            invalid += [
+                {"source": src, "reason": "invalid_record", "validator_reason": why, "message": msg}
+                for (src, msg), why in zip(report.messages, report.reasons, strict=True)
+            ]
+            input_info.append(
+                {"path": str(path), "sha256": sha256_file(path), "skipped": dict(report.counts)}
+            )
+        build = {
+            "inputs": [i["sha256"] for i in input_info],
+            "vocab": vocab_manifest,
+            "docs_per_shard": docs_per_shard,
+            "audio_levels": layout.audio.levels if layout and layout.audio else None,
+            "version": SHARDS_VERSION,
+        }
+        if max_audio_seconds is not None:  # only when set: earlier builds keep their key
+            build["max_audio_seconds"] = max_audio_seconds
+        build_key = _json_digest(build)
+        remove_temp_files(out_dir, out_dir / "shards")  # a killed run's half-written files
+        n_shards = max(1, -(-len(docs) // docs_per_shard))
+        markers: dict[int, dict] = {}
+        todo = []
+        for i in range(n_shards):
+            marker = _marker_ok(out_dir, i, build_key)
+            if marker is not None:
+                markers[i] = marker
+            else:
+                chunk = docs[i * docs_per_shard : (i + 1) * docs_per_shard]
+                todo.append(_Job(str(out_dir), i, chunk, build_key))
+        log(f"tokenize: {len(docs)} documents -> {n_shards} shards ({len(markers)} already done)")
+        t0 = time.perf_counter()
+        if todo and workers > 0:
+            ctx = mp.get_context("spawn")  # fork after torch threads start can deadlock
+            arg = tokenizers if isinstance(tokenizers, TokenizerSet) else str(tokenizers)
+            init = (arg, layout, max_audio_seconds)
+            with ctx.Pool(min(workers, len(todo)), _init_worker, init) as pool:
+                for marker in pool.imap_unordered(_run_job, todo):
+                    markers[marker["index"]] = marker
+                    log(f"  shard {marker['index']:05d}: {marker['documents']} docs")
+        elif todo:
+            _init_worker(tset, layout, max_audio_seconds)
+            for job in todo:
+                markers[job.index] = _run_job(job)
+        manifest = _build_manifest(
+            out_dir, markers, n_shards, vocab_manifest, build_key, input_info
         )
-    build = {
-        "inputs": [i["sha256"] for i in input_info],
-        "vocab": vocab_manifest,
-        "docs_per_shard": docs_per_shard,
-        "audio_levels": layout.audio.levels if layout and layout.audio else None,
-        "version": SHARDS_VERSION,
-    }
-    if max_audio_seconds is not None:  # only when set: earlier builds keep their key
-        build["max_audio_seconds"] = max_audio_seconds
-    build_key = _json_digest(build)
-    remove_temp_files(out_dir, out_dir / "shards")  # a killed run's half-written files
-    n_shards = max(1, -(-len(docs) // docs_per_shard))
-    markers: dict[int, dict] = {}
-    todo = []
-    for i in range(n_shards):
-        marker = _marker_ok(out_dir, i, build_key)
-        if marker is not None:
-            markers[i] = marker
-        else:
-            chunk = docs[i * docs_per_shard : (i + 1) * docs_per_shard]
-            todo.append(_Job(str(out_dir), i, chunk, build_key))
-    log(f"tokenize: {len(docs)} documents -> {n_shards} shards ({len(markers)} already done)")
-    t0 = time.perf_counter()
-    if todo and workers > 0:
-        ctx = mp.get_context("spawn")  # fork after torch threads start can deadlock
-        arg = tokenizers if isinstance(tokenizers, TokenizerSet) else str(tokenizers)
-        init = (arg, layout, max_audio_seconds)
-        with ctx.Pool(min(workers, len(todo)), _init_worker, init) as pool:
-            for marker in pool.imap_unordered(_run_job, todo):
-                markers[marker["index"]] = marker
-                log(f"  shard {marker['index']:05d}: {marker['documents']} docs")
-    elif todo:
-        _init_worker(tset, layout, max_audio_seconds)
-        for job in todo:
-            markers[job.index] = _run_job(job)
-    manifest = _build_manifest(out_dir, markers, n_shards, vocab_manifest, build_key, input_info)
-    manifest["layout"] = _recorded_layout(manifest, tset.vocab, layout)
-    manifest["framed"] = True  # every document <bos> ... <eos>: the reader checks it
-    skipped = invalid + [s for i in range(n_shards) for s in markers[i]["skipped"]]
-    write_json(out_dir / "skipped.json", {"count": len(skipped), "records": skipped})
-    write_manifest(out_dir / "manifest.json", manifest)
-    dt = time.perf_counter() - t0
-    log(
-        f"tokenize: {manifest['documents']} documents, {manifest['tokens']} tokens, "
-        f"{len(skipped)} skipped ({dt:.1f}s) -> {out_dir / 'manifest.json'}"
-    )
-    return manifest
+        manifest["layout"] = _recorded_layout(manifest, tset.vocab, layout)
+        manifest["framed"] = True  # every document <bos> ... <eos>: the reader checks it
+        skipped = invalid + [s for i in range(n_shards) for s in markers[i]["skipped"]]
+        write_json(out_dir / "skipped.json", {"count": len(skipped), "records": skipped})
+        write_manifest(out_dir / "manifest.json", manifest)
+        dt = time.perf_counter() - t0
+        log(
+            f"tokenize: {manifest['documents']} documents, {manifest['tokens']} tokens, "
+            f"{len(skipped)} skipped ({dt:.1f}s) -> {out_dir / 'manifest.json'}"
+        )
+        return manifest
 
 
 def _recorded_layout(manifest: dict, vocab: Vocab, layout: Layout | None) -> dict:
