@@ -12,6 +12,7 @@ file) and results read back later (``eval.json``) also get a checksum beside the
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import json
@@ -27,8 +28,12 @@ os.umask(_UMASK)
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
-    """Open a temporary sibling of ``path``; on success rename it over ``path``."""
+def atomic_write(path: str | Path, mode: str = "wb", size: int | None = None) -> Iterator[IO[Any]]:
+    """Open a temporary sibling of ``path``; on success rename it over ``path``.
+
+    A full disk is an :class:`OSError` naming ``path``, the free space and, given ``size``
+    (the bytes to write), what was needed; the temporary file is removed.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -39,14 +44,26 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the usual file mode
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise _no_space(path, size, e) from None
         raise
 
 
+def _no_space(path: Path, size: int | None, e: OSError) -> OSError:
+    """ENOSPC with the file, the free space and the bytes needed (when known)."""
+    import shutil
+
+    free = shutil.disk_usage(path.parent).free
+    need = f"; it needs {size:,} bytes" if size is not None else ""
+    what = "quota exceeded" if e.errno == errno.EDQUOT else "no space left on the device"
+    return OSError(e.errno, f"{path}: {what} ({free:,} bytes free there{need})")
+
+
 def write_bytes(path: str | Path, data: bytes) -> None:
-    with atomic_write(path, "wb") as f:
+    with atomic_write(path, "wb", size=len(data)) as f:
         f.write(data)
 
 
@@ -197,11 +214,20 @@ def write_checked(path: str | Path, data: bytes) -> str:
     remove_temp_files(path.parent, name=path.name)
     digest = sha256_bytes(data)
     previous = sha256_file(path) if path.is_file() else None
+    sums = checksum_path(path)
+    before = sums.read_bytes() if sums.is_file() else None
     write_json(
-        checksum_path(path),
-        {"file": path.name, "sha256": digest, "bytes": len(data), "previous_sha256": previous},
+        sums, {"file": path.name, "sha256": digest, "bytes": len(data), "previous_sha256": previous}
     )
-    write_bytes(path, data)
+    try:
+        write_bytes(path, data)
+    except OSError:  # e.g. a full disk: no checksum file may describe a file never written
+        if before is None:
+            sums.unlink(missing_ok=True)
+        else:
+            with contextlib.suppress(OSError):
+                write_bytes(sums, before)
+        raise
     return digest
 
 

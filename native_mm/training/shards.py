@@ -39,6 +39,7 @@ from native_mm.io import (
     read_json,
     remove_temp_files,
     sha256_file,
+    write_bytes,
     write_json,
 )
 from native_mm.layouts import AudioFrameMajor, Layout
@@ -105,11 +106,9 @@ def write_shard(
     loss = np.concatenate([d[1] for d in docs]) if docs else np.zeros(0, bool)
     if ids.size and (ids.min() < 0 or ids.max() >= vocab.size):
         raise ShardError(f"{paths['ids.bin']}: ids outside the vocabulary [0, {vocab.size})")
-    with atomic_write(paths["ids.bin"]) as f:
-        f.write(ids.astype(vocab.dtype).tobytes())
-    with atomic_write(paths["loss.bin"]) as f:
-        f.write(loss.astype(np.uint8).tobytes())
-    with atomic_write(paths["docs.npy"]) as f:
+    write_bytes(paths["ids.bin"], ids.astype(vocab.dtype).tobytes())
+    write_bytes(paths["loss.bin"], loss.astype(np.uint8).tobytes())
+    with atomic_write(paths["docs.npy"], size=offsets.nbytes + 128) as f:  # + the .npy header
         np.save(f, offsets)
     counts = np.bincount(vocab.modality_of(ids), minlength=len(MODALITIES)) if ids.size else []
     marker = {
