@@ -130,8 +130,8 @@ def _surrogate(s: str) -> int | None:
 class _Validator:
     """Validates one JSONL file's records; keeps the seen ids for duplicate detection."""
 
-    def __init__(self, path: Path, check_media: bool) -> None:
-        self.path = path
+    def __init__(self, path: Path, check_media: bool, open_media: bool = False) -> None:
+        self.path, self.open_media = path, open_media
         self.root = path.parent.resolve()
         self.real_root = Path(os.path.realpath(self.root))
         self.check_media = check_media
@@ -244,6 +244,10 @@ class _Validator:
             )
         if kind in MEDIA_KINDS:
             value = self.media_path(value, line, f"{field}.{kind}")
+            if self.open_media:
+                problem = media_header_problem(kind, value)
+                if problem:
+                    raise self.error(line, f"{field}.{kind}", f"{value}: {problem[1]}", problem[0])
         return Segment(kind=kind, value=value, loss=loss)
 
     def media_path(self, rel: str, line: int, field: str) -> str:
@@ -276,12 +280,47 @@ class _Validator:
         return full
 
 
+def media_header_problem(kind: str, path: str) -> tuple[str, str] | None:
+    """``(reason, message)`` if ``tokenize`` would skip this media file, judged from its
+    header (and, for PNG, its chunk checksums): empty, unreadable, truncated, no samples,
+    longer than the audio tokenizer's limit. None when it looks fine."""
+    if os.path.getsize(path) == 0:
+        return "bad_media", f"empty (zero-byte) {kind} file"
+    if kind == "image":
+        from PIL import Image
+
+        try:
+            with Image.open(path) as img:
+                img.verify()  # headers and chunk checksums, without decoding the pixels
+        except Exception as e:  # noqa: BLE001 -- PIL raises many types for a bad file
+            return "bad_media", f"not a readable image ({type(e).__name__}: {e})"
+        return None
+    import soundfile as sf
+
+    from native_mm.tokenizers.audio import DEFAULT_MAX_SECONDS
+
+    try:
+        info = sf.info(path)
+    except Exception as e:  # noqa: BLE001 -- libsndfile raises several types
+        return "bad_media", f"not a readable audio file ({type(e).__name__}: {e})"
+    if info.frames <= 0 or info.samplerate <= 0:
+        return "bad_media", "no audio samples"
+    if info.frames / info.samplerate > DEFAULT_MAX_SECONDS:
+        seconds = info.frames / info.samplerate
+        return (
+            "media_too_long",
+            f"{seconds:.0f} s of audio, over the {DEFAULT_MAX_SECONDS:g} s limit",
+        )
+    return None
+
+
 def read_documents(
     path: str | Path,
     on_error: str = "raise",
     report: SkipReport | None = None,
     check_media: bool = True,
     progress: bool = False,
+    open_media: bool = False,
 ) -> Iterator[Document]:
     """Yield the valid documents of a JSONL file.
 
@@ -292,6 +331,8 @@ def read_documents(
         report: collects kept/skipped counts (a fresh one is used if None).
         check_media: check that media files exist (path safety is always checked).
         progress: show a progress bar over the file's bytes (on a terminal).
+        open_media: also read each media file's header (:func:`media_header_problem`),
+            predicting what ``tokenize`` would skip (``validate`` does).
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
@@ -299,7 +340,7 @@ def read_documents(
     report = report if report is not None else SkipReport()
     if not path.is_file():
         raise DocumentError(path, None, None, "no such documents file", "missing_file")
-    validator = _Validator(path, check_media)
+    validator = _Validator(path, check_media, open_media and check_media)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -335,6 +376,12 @@ def main(argv: list[str] | None = None, prog: str = "native-mm validate") -> int
         "--no-media-check", action="store_true", help="do not check that media files exist"
     )
     parser.add_argument(
+        "--no-media",
+        action="store_true",
+        help="do not open media files (by default each one's header is read: format, size, "
+        "rate, channels, duration; what tokenize would skip is reported)",
+    )
+    parser.add_argument(
         "--show", type=int, default=20, help="print at most this many bad-record messages"
     )
     args = parser.parse_args(argv)
@@ -342,7 +389,7 @@ def main(argv: list[str] | None = None, prog: str = "native-mm validate") -> int
     for path in args.files:
         for _ in read_documents(
             path, on_error="skip", report=report, check_media=not args.no_media_check,
-            progress=True,
+            progress=True, open_media=not args.no_media,
         ):  # fmt: skip
             pass
     print(report.summary())

@@ -174,7 +174,7 @@ def test_tokenize_refuses_missing_or_corrupt_tokenizers_and_inputs(tokenizer_dir
 
 
 def test_validate_names_every_bad_record(corpus, capsys):
-    assert cli(["validate", str(corpus), "--show", "100"]) == 1
+    assert cli(["validate", str(corpus), "--show", "100", "--no-media"]) == 1
     out = capsys.readouterr()
     assert "Traceback" not in out.err + out.out
     n_bad = sum(1 for s, _ in EXPECTED.values() if s == "validate") + len(LINE_FAILURES)
@@ -187,6 +187,29 @@ def test_validate_names_every_bad_record(corpus, capsys):
             assert any(f"{corpus}:{lines[doc_id]}:" in b for b in bad_lines), doc_id
         if stage == "validate":
             assert f"{reason}: " in out.out
+
+
+def test_validate_opening_media_predicts_what_tokenize_skips(corpus, tokenized, capsys):
+    """validate reads each media file's header: the records it flags are exactly the
+    validator's plus media tokenize refuses; no record tokenize keeps is flagged."""
+    from native_mm.documents import SkipReport, read_documents
+
+    report = SkipReport()
+    list(read_documents(corpus, on_error="skip", report=report, open_media=True))
+    lines, by_line = _line_of(corpus), {}
+    for source, _ in report.messages:
+        by_line[int(source.rsplit(":", 1)[1])] = source
+    flagged = {doc_id for doc_id, n in lines.items() if n in by_line}
+    expected_validate = {i for i, (stage, _) in EXPECTED.items() if stage == "validate"}
+    encode = {i for i, (stage, _) in EXPECTED.items() if stage == "encode"}
+    kept = {i for i, (stage, _) in EXPECTED.items() if stage == "kept"}
+    assert expected_validate & set(lines) <= flagged
+    assert not flagged & kept, flagged & kept  # no false alarm
+    predicted = flagged & encode
+    # what a header cannot show: NaN samples, a JPEG cut after its header
+    assert encode - predicted <= {"audio-nan", "jpeg-truncated", "jpeg-corrupt"}, encode - predicted
+    assert cli(["validate", str(corpus)]) == 1
+    assert f"bad_media: {len(predicted)}" in capsys.readouterr().out
 
 
 def test_validate_missing_file_is_one_line_error(tmp_path, capsys):
