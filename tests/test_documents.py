@@ -210,14 +210,16 @@ def test_skip_mode_counts_a_dirty_corpus(corpus):
 
 def test_cli_validate(corpus, capsys):
     good = write_jsonl(corpus / "good.jsonl", [GOOD])
-    assert cli_main(["validate", str(good)]) == 0
+    assert cli_main(["validate", str(good), "--no-media"]) == 0  # records only
     out = capsys.readouterr().out
     assert "documents: 1" in out and "text 1, image 1, audio 0" in out and "skipped: 0" in out
+    assert cli_main(["validate", str(good)]) == 1  # its media/7.png holds no image
+    assert "7.png: not a readable image" in capsys.readouterr().out
 
     bad = write_jsonl(
         corpus / "bad.jsonl", [GOOD, "{oops", {"id": "x", "segments": [{"video": "a"}]}]
     )
-    assert cli_main(["validate", str(bad)]) == 1
+    assert cli_main(["validate", str(bad), "--no-media"]) == 1
     out = capsys.readouterr().out
     assert "skipped: 2" in out and "malformed_json: 1" in out and "unknown_kind: 1" in out
     assert f"{bad}:3: field 'segments[0].video'" in out
