@@ -45,3 +45,13 @@ def test_a_path_stored_in_the_checkpoint_does_not_change_what_fit_opens(shards, 
     assert "was trained with model.code_vectors=" in err and "the recipe's None is used" in err
     resumed = torch.load(last, weights_only=True)
     assert resumed["global_step"] == 3 and resumed["hyper_parameters"]["code_vectors"] is None
+
+
+def test_the_checked_loader_stays_whatever_other_plugins_are_given(shards, tmp_path):
+    from native_mm.training.checkpoint_io import ChecksummedCheckpointIO
+    from native_mm.training.cli import make_cli
+
+    env = "lightning.pytorch.plugins.environments.LightningEnvironment"
+    args = fit_args(shards, tmp_path / "run", 2, "--trainer.plugins", env)[1:]
+    cli = make_cli(args, run=False)
+    assert isinstance(cli.trainer.strategy.checkpoint_io, ChecksummedCheckpointIO)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -112,9 +113,17 @@ class FitCLI(LightningCLI):
         if tcfg.get("logger") in (None, True):
             kwargs["logger"] = self._loggers(run, out)
         strategy = str(tcfg.get("strategy")) + type(tcfg.get("strategy")).__name__
-        if not tcfg.get("plugins") and "fsdp" not in strategy.lower():
-            # atomic writes, a sha256 beside each .ckpt, verified when resuming
-            kwargs["plugins"] = [ChecksummedCheckpointIO()]
+        given = tcfg.get("plugins") or []
+        given = list(given) if isinstance(given, (list, tuple)) else [given]
+        own_io = [p for p in given if isinstance(p, CheckpointIO)]
+        if own_io:  # the user's choice, said out loud: their plugin loads checkpoints
+            name = type(own_io[0]).__name__
+            print(f"native-mm fit: checkpoints load through {name}, not native-mm's checked "
+                  "loader (checksums, weights_only)", file=sys.stderr)  # fmt: skip
+        elif "fsdp" not in strategy.lower():
+            # atomic writes, a sha256 beside each .ckpt, verified weights_only loads on resume;
+            # kept whatever other plugins are given (they used to drop it)
+            kwargs["plugins"] = [*given, ChecksummedCheckpointIO()]
         keys = self._parser(self.subcommand).callback_keys
         extra = [self._get(self.config_init, c) for c in keys]
         config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
