@@ -382,7 +382,7 @@ def encode_prompt(
     media = media or PromptMedia()
     room = None if block_size is None else block_size - ANSWER_ROOM
     codec = SequenceCodec(tokenizers.vocab, layout)
-    spans, used = [], 1  # <bos>
+    parts, used = [np.array([BOS])], 1
     for k, seg in enumerate(prompt_segments):
         kind, value = _segment_kind_value(seg, k)
         if kind not in ("text", "image", "audio"):
@@ -400,25 +400,26 @@ def encode_prompt(
         try:
             if kind == "image" and hasattr(tok, "load_rgb"):
                 left = None if room is None else room - used
-                grid = tokenizers.vocab.image_max_grid
-                value = fit_image(tok.load_rgb(value), tok, grid, media, where, left)
+                grid, raster = tokenizers.vocab.image_max_grid, codec.layout.media("image")
+                value = fit_image(tok.load_rgb(value), tok, grid, media, where, left, raster)
             elif kind == "audio" and room is not None:
-                seconds = audio_seconds(value, where)
+                seconds = audio_seconds(value)
                 if seconds is not None:
-                    check_audio_fits(seconds, tok, codec.audio_levels, room - used, where)
+                    frames = codec.layout.media("audio")
+                    check_audio_fits(seconds, tok, frames, room - used, where)
             codes = tok.encode(value)
         except PromptError:
             raise
         except (ValueError, OSError) as e:  # MediaError is a ValueError
             raise PromptError(f"{where}: {e}") from None
-        spans.append(Span(kind, codes))
-        used += len(codec.encode([spans[-1]], bos=False, eos=False).ids)
+        parts.append(codec.encode([Span(kind, codes)], bos=False, eos=False).ids)
+        used += len(parts[-1])
         if room is not None and used > room:
             raise PromptError(
                 f"{where}: the prompt is {used} tokens up to here; the model takes {room} "
                 f"(block_size={block_size} less {ANSWER_ROOM} for the answer)"
             )
-    return codec.encode(spans, bos=True, eos=False).ids
+    return np.concatenate(parts).astype(np.int64)
 
 
 def audio_frames_for(seconds: float, tokenizers: Any) -> int:

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from native_mm.constraints import GenerationError
+from native_mm.constraints import GenerationError, check_number
 
 IMAGE_FITS = ("pad", "crop")
 
@@ -49,9 +49,8 @@ class PromptMedia:
     image_fit: str = "pad"  # "pad" (letterbox, whole image) | "crop" (centre square)
 
     def __post_init__(self) -> None:
-        s = self.image_size
-        if s is not None and (isinstance(s, bool) or not isinstance(s, int) or s < 1):
-            raise PromptError(f"image_size must be a whole number of pixels >= 1, got {s!r}")
+        if self.image_size is not None:
+            check_number("image_size", self.image_size, 1, integer=True)
         if self.image_fit not in IMAGE_FITS:
             raise PromptError(f"image_fit must be one of {IMAGE_FITS}, got {self.image_fit!r}")
 
@@ -108,11 +107,11 @@ def square(img: Any, side: int, fit: str) -> Any:
 
 def fit_image(
     img: Any, tokenizer: Any, max_grid: int, media: PromptMedia, where: str,
-    room: int | None = None,
+    room: int | None = None, raster: Any = None,
 ) -> Any:  # fmt: skip
     """An RGB PIL image -> one the tokenizer encodes into a grid the model can take: sides
-    within ``max_grid`` codes and, given ``room`` (tokens left in the context), a span
-    (``<boi> h w codes <eoi>``) no longer than that."""
+    within ``max_grid`` codes and, given ``room`` (tokens left in the context), a span no
+    longer than that (its length from the image layout ``raster``, e.g. ``ImageRaster``)."""
     from PIL import Image
 
     from native_mm.tokenizers.image import target_size
@@ -127,7 +126,7 @@ def fit_image(
 
     def fits(size: tuple[int, int]) -> bool:
         w, h = target_size(*size, cfg)  # what the tokenizer will encode
-        return max(w, h) <= limit and (room is None or (w // f) * (h // f) + 4 <= room)
+        return max(w, h) <= limit and (room is None or raster.span_length(h // f, w // f) <= room)
 
     if media.image_size is not None:
         side = max(f, round(media.image_size / f) * f)
@@ -138,7 +137,8 @@ def fit_image(
             )
         if not fits((side, side)):
             raise PromptError(
-                f"{where}: image_size={media.image_size} px is {(side // f) ** 2 + 4} tokens; "
+                f"{where}: image_size={media.image_size} px is "
+                f"{raster.span_length(side // f, side // f)} tokens; "
                 f"the model's context has room for {room} here"
             )
         return img if img.size == (side, side) else square(img, side, media.image_fit)
@@ -153,7 +153,7 @@ def fit_image(
 
 
 # ---- audio ---------------------------------------------------------------------------------
-def audio_seconds(value: Any, where: str) -> float | None:
+def audio_seconds(value: Any) -> float | None:
     """A clip's duration from its header (a path) or its samples; None if unreadable here
     (the tokenizer then reports the file)."""
     from native_mm.tokenizers.base import Waveform
@@ -170,14 +170,15 @@ def audio_seconds(value: Any, where: str) -> float | None:
     return info.frames / info.samplerate if info.samplerate > 0 else None
 
 
-def check_audio_fits(seconds: float, tokenizer: Any, levels: int, room: int, where: str) -> None:
-    """Refuse a clip whose span (``<boa>`` codes ``<eoa>``) needs more than ``room`` tokens."""
+def check_audio_fits(seconds: float, tokenizer: Any, frames: Any, room: int, where: str) -> None:
+    """Refuse a clip whose span needs more than ``room`` tokens (its length from the audio
+    layout ``frames``, e.g. ``AudioFrameMajor``)."""
     rate = tokenizer.frame_rate
     if not rate or not math.isfinite(seconds):
         return
-    tokens = math.ceil(seconds * rate) * levels + 2
+    tokens = frames.span_length(math.ceil(seconds * rate))
     if tokens > room:
-        most = max(0.0, (room - 2) // levels / rate)
+        most = max(0.0, (room - frames.span_length(0)) // frames.levels / rate)
         raise PromptError(
             f"{where}: {seconds:.2f} s of audio is {tokens} tokens, but the model's context "
             f"has room for {room} here: at most {most:.2f} s of audio"

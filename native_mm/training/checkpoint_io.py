@@ -25,7 +25,16 @@ class ChecksummedCheckpointIO(TorchCheckpointIO):
         remove_temp_files(Path(path).parent)
         write_checked(path, torch_bytes(checkpoint))
 
+    def __init__(self, preloaded: tuple[Path, dict] | None = None) -> None:
+        super().__init__()
+        # ``fit --ckpt_path FILE``: the file FitCLI has already checked and loaded (on the
+        # CPU), handed over once instead of read, hashed and unpickled a second time.
+        self._preloaded = preloaded
+
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: Any = None) -> Any:
+        pre, self._preloaded = self._preloaded, None
+        if pre and pre[0] == Path(path).resolve() and map_location in (None, "cpu"):
+            return pre[1]
         return load_torch(path, map_location=map_location or "cpu")
 
     def remove_checkpoint(self, path: Any) -> None:

@@ -41,6 +41,8 @@ def _layout(data: ShardDataModule) -> dict:
 class FitCLI(LightningCLI):
     """LightningCLI with run-level options (outputs, loggers, checkpoints, threads)."""
 
+    _checked_ckpt: tuple | None = None  # (path, dict) of --ckpt_path, loaded and checked
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--run.out_dir", type=str, default="runs/default",
                             help="directory for checkpoints and logs")  # fmt: skip
@@ -75,6 +77,7 @@ class FitCLI(LightningCLI):
         if not path or not Path(path).is_file():
             return  # "last" and friends: Lightning finds the file, our plugin loads it
         ckpt = load_torch(path)  # ValueError naming the file (cli.main prints one line)
+        self._checked_ckpt = (Path(path).resolve(), ckpt)  # the plugin hands it to Lightning
         if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
             raise ValueError(f"{path}: not a training checkpoint of `native-mm fit`")
         stored, model = ckpt.get("hyper_parameters") or {}, cfg.get("model") or {}
@@ -123,7 +126,9 @@ class FitCLI(LightningCLI):
         elif "fsdp" not in strategy.lower():
             # atomic writes, a sha256 beside each .ckpt, verified weights_only loads on resume;
             # kept whatever other plugins are given (they used to drop it)
-            kwargs["plugins"] = [*given, ChecksummedCheckpointIO()]
+            # hand the checked checkpoint over and keep no reference (it may be large)
+            checked, self._checked_ckpt = self._checked_ckpt, None
+            kwargs["plugins"] = [*given, ChecksummedCheckpointIO(checked)]
         keys = self._parser(self.subcommand).callback_keys
         extra = [self._get(self.config_init, c) for c in keys]
         config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
