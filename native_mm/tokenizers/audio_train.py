@@ -7,6 +7,11 @@ relative feature-matching loss of ``encodec``'s multi-scale STFT discriminator
 (``encodec.msstftd.MultiScaleSTFTDiscriminator``; encodec 0.1.1 ships the discriminator
 but not its losses, which are written here). Quantizer dropout (a random number of RVQ
 levels per batch) keeps the first levels useful alone, so fewer levels can be chosen.
+With ``loss.content`` and a labelled source, a small head reads the first RVQ level and
+predicts each crop's label (what is said): the first level's tokens then carry the words
+the same way across voices and recording conditions, as the supervised semantic tokens of
+CosyVoice or SpeechTokenizer's distilled first level do, which is what a language model
+reading one level needs. The head is dropped when the tokenizer is saved.
 
 Data: a source reference (``package.module:function``, see :mod:`native_mm.sources`; its
 ``train`` split), a folder of audio files, or the audio segments of a documents JSONL;
@@ -29,7 +34,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -40,10 +44,9 @@ from native_mm.tokenizers.audio_metrics import (
     feature_matching,
     hinge_d,
     hinge_g,
-    mel_distance,
     mel_loss,
 )
-from native_mm.tokenizers.base import Waveform
+from native_mm.tokenizers.audio_samples import make_sample_callback, render_samples, sample_files
 from native_mm.tokenizers.trainer import (
     DataReport,
     TrainerSpec,
@@ -87,6 +90,7 @@ class AudioLossSpec:
     quantizer_dropout: float = 0.5  # probability of a random (smaller) RVQ depth per batch
     init_batches: int = 8  # batches of crops whose latents k-means-initialise the codebooks
     quant_start: int = 0  # steps trained as a plain autoencoder before the RVQ is switched on
+    content: float = 0.0  # weight of the first level's label cross-entropy (labelled sources)
 
 
 @dataclasses.dataclass
@@ -106,6 +110,16 @@ class AudioTrainSpec:
 
 
 # --------------------------------------------------------------------------- data
+def source_labels(spec: AudioDataSpec) -> dict[str, int] | None:
+    """``{file path: label}`` of a labelled source reference's ``train`` split, else None."""
+    if not sources.is_ref(spec.source):
+        return None
+    media = sources.load(spec.source, "train")
+    if media.labels is None:
+        return None
+    return {str(Path(p)): int(y) for p, y in zip(media.items, media.labels, strict=True)}
+
+
 def list_audio(spec: AudioDataSpec, report: DataReport | None = None) -> list[Path]:
     """Audio files of the data source (a source reference: its ``train`` split).
 
@@ -137,7 +151,8 @@ def list_audio(spec: AudioDataSpec, report: DataReport | None = None) -> list[Pa
 
 
 class ClipDataset(torch.utils.data.Dataset):
-    """Random fixed-length crops of in-memory clips with gain/speed/noise augmentation."""
+    """Random fixed-length crops of in-memory clips with gain/speed/noise augmentation;
+    ``(crop, label)`` pairs when the clips are labelled."""
 
     def __init__(
         self,
@@ -146,21 +161,26 @@ class ClipDataset(torch.utils.data.Dataset):
         spec: AudioDataSpec,
         length: int,
         seed: int = 0,
+        labels: list[int] | None = None,
     ) -> None:
         if not clips:
             raise ValueError("no training audio")
+        if labels is not None and len(labels) != len(clips):
+            raise ValueError(f"{len(clips)} clips but {len(labels)} labels")
         self.clips, self.sr, self.spec, self.length = clips, sample_rate, spec, length
+        self.labels = labels
         self.seed = seed  # item i draws from (seed, i) only: resumable, worker-independent
         self.seg = int(spec.segment_seconds * sample_rate)
 
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, i: int) -> torch.Tensor:
+    def __getitem__(self, i: int) -> torch.Tensor | tuple[torch.Tensor, int]:
         import torchaudio.functional as AF
 
         rng = random.Random(i * 7919 + self.seed)
-        x = self.clips[rng.randrange(len(self.clips))]  # (C, N)
+        k = rng.randrange(len(self.clips))
+        x = self.clips[k]  # (C, N)
         s = self.spec
         if s.augment and s.speed[1] > s.speed[0]:
             factor = rng.uniform(*s.speed)  # >1 = faster and higher
@@ -181,20 +201,32 @@ class ClipDataset(torch.utils.data.Dataset):
             gen = torch.Generator().manual_seed(rng.randrange(2**31))
             x = x + torch.randn(x.shape, generator=gen) * rms * 10 ** (-snr / 20)
             x = x.clamp(-1, 1)
-        return x
-
-
-def load_clips(
-    files: list[Path], cfg: AudioConfig, max_seconds: float | None = None
-) -> list[torch.Tensor]:
-    return [
-        convert(read_audio(f, max_seconds), cfg.sample_rate, cfg.channels, str(f)) for f in files
-    ]
+        return x if self.labels is None else (x, self.labels[k])
 
 
 # --------------------------------------------------------------------------- module
-def make_module(spec: AudioTrainSpec) -> Any:
-    """The LightningModule for ``spec`` (imports lightning lazily)."""
+class ContentHead(torch.nn.Module):
+    """Reads first-level quantized latents ``(B, D, T)`` -> label logits ``(B, n_classes)``:
+    two small convolutions, mean and max over time, a linear layer."""
+
+    def __init__(self, dimension: int, n_classes: int, width: int = 128) -> None:
+        super().__init__()
+        self.convs = torch.nn.Sequential(
+            torch.nn.Conv1d(dimension, width, 3, padding=1),
+            torch.nn.GELU(),
+            torch.nn.Conv1d(width, width, 3, padding=1),
+            torch.nn.GELU(),
+        )
+        self.out = torch.nn.Linear(2 * width, n_classes)
+
+    def forward(self, q: torch.Tensor) -> torch.Tensor:
+        h = self.convs(q)
+        return self.out(torch.cat([h.mean(-1), h.amax(-1)], -1))
+
+
+def make_module(spec: AudioTrainSpec, n_classes: int = 0) -> Any:
+    """The LightningModule for ``spec`` (imports lightning lazily); ``n_classes`` > 0 adds
+    the content head (``loss.content``)."""
     import lightning as L
     from encodec.msstftd import MultiScaleSTFTDiscriminator
 
@@ -217,13 +249,24 @@ def make_module(spec: AudioTrainSpec) -> Any:
             )
             self.mel = MultiScaleMel(spec.model.sample_rate, ls.mel_scales)
             self.d_steps = 0
+            self.content = ContentHead(spec.model.dimension, n_classes) if n_classes else None
 
-        def reconstruct(self, x: torch.Tensor, n_q: int | None = None):
+        def reconstruct(self, x: torch.Tensor, n_q: int | None = None, emb=None):
             """x (B, C, N) -> (y (B, C, N), codes (Q, B, T), commitment loss)."""
-            emb = self.generator.encoder(x)
+            emb = self.generator.encoder(x) if emb is None else emb
             q, codes, commit = self.generator.quantizer.vq(emb, n_q=n_q)
             y = self.generator.decoder(q)[..., : x.shape[-1]]
             return y, codes, commit.mean()
+
+        def content_loss(self, emb: torch.Tensor, codes, labels: torch.Tensor):
+            """Cross-entropy of the head reading the first level (straight-through to the
+            encoder); before the RVQ starts it reads the latents themselves."""
+            q1 = emb
+            if codes is not None:
+                with torch.no_grad():
+                    q1 = self.generator.quantizer.vq.layers[0].decode(codes[0])
+                q1 = emb + (q1 - emb).detach()
+            return F.cross_entropy(self.content(q1), labels)
 
         def on_train_start(self) -> None:
             if self.global_step >= self.spec.loss.quant_start:
@@ -240,29 +283,37 @@ def make_module(spec: AudioTrainSpec) -> Any:
             if ds is None:
                 return
             n = min(len(ds), self.spec.loss.init_batches * self.spec.data.batch_size)
-            x = torch.stack([ds[i] for i in range(n)]).to(self.device)
+            items = [ds[i] for i in range(n)]
+            x = torch.stack([t[0] if isinstance(t, tuple) else t for t in items]).to(self.device)
             with torch.no_grad():
                 vq(self.generator.encoder(x))
 
-        def training_step(self, x: torch.Tensor, batch_idx: int) -> None:
+        def training_step(self, batch, batch_idx: int) -> None:
             opt_g, opt_d = self.optimizers()
             ls = self.spec.loss
+            x, labels = batch if isinstance(batch, list | tuple) else (batch, None)
             n_q = None
             if random.random() < ls.quantizer_dropout:
                 n_q = random.randint(1, self.spec.model.n_q)
             if self.global_step < ls.quant_start:
                 # Warm-up as a plain autoencoder: with RVQ from step 0 the decoder learnt to
                 # ignore codes drawn from a random encoder and the latents collapsed.
-                y = self.generator.decoder(self.generator.encoder(x))[..., : x.shape[-1]]
+                emb, codes = self.generator.encoder(x), None
+                y = self.generator.decoder(emb)[..., : x.shape[-1]]
                 commit = x.new_zeros(())
             else:
                 self.init_codebooks()  # no-op once initialised
-                y, _, commit = self.reconstruct(x, n_q)
+                emb = self.generator.encoder(x)
+                y, codes, commit = self.reconstruct(x, n_q, emb)
             l_time = F.l1_loss(y, x)
             l_mel = mel_loss(self.mel, x, y)
             loss = ls.time_l1 * l_time + ls.mel * l_mel + ls.commitment * commit
             adv_on = self.global_step >= ls.disc_start and (ls.adversarial or ls.feature)
             logs = {"loss/time_l1": l_time, "loss/mel": l_mel, "loss/commit": commit}
+            if self.content is not None and labels is not None:
+                l_content = self.content_loss(emb, codes, labels)
+                loss = loss + ls.content * l_content
+                logs["loss/content"] = l_content
             if adv_on:
                 # Discriminator step on detached reconstructions. Its optimiser is stepped
                 # directly so that Lightning's global_step counts generator steps only.
@@ -290,96 +341,15 @@ def make_module(spec: AudioTrainSpec) -> Any:
 
         def configure_optimizers(self):
             b = tuple(self.spec.betas)
+            g_params = list(self.generator.parameters())
+            if self.content is not None:
+                g_params += list(self.content.parameters())
             return (
-                torch.optim.Adam(self.generator.parameters(), lr=self.spec.lr, betas=b),
+                torch.optim.Adam(g_params, lr=self.spec.lr, betas=b),
                 torch.optim.Adam(self.disc.parameters(), lr=self.spec.disc_lr, betas=b),
             )
 
     return _Module()
-
-
-# --------------------------------------------------------------------------- samples
-def render_samples(tok: AudioTokenizer, files: list[Path], out: Path, title: str) -> None:
-    """WAVs of originals and reconstructions plus one spectrogram PNG comparing them."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from native_mm.io import save_figure, write_wav
-
-    out.mkdir(parents=True, exist_ok=True)
-    fig, axes = plt.subplots(2, len(files), figsize=(3 * len(files), 5), squeeze=False)
-    for j, f in enumerate(files):
-        x = convert(read_audio(f), tok.sample_rate, tok.config.channels, str(f))
-        rec = tok.reconstruct(Waveform(x.numpy(), tok.sample_rate)).samples
-        write_wav(out / f"{j}_original.wav", x.numpy().T, tok.sample_rate)
-        write_wav(out / f"{j}_reconstruction.wav", rec.T, tok.sample_rate)
-        for i, (sig, name) in enumerate(((x.numpy()[0], "original"), (rec[0], "reconstruction"))):
-            ax = axes[i, j]
-            ax.specgram(sig + 1e-7, NFFT=256, Fs=tok.sample_rate, noverlap=192, cmap="magma")
-            ax.set_title(f"{Path(f).stem} {name}", fontsize=7)
-            ax.tick_params(labelsize=6)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    save_figure(out / "spectrogram.png", fig, dpi=90)
-    plt.close(fig)
-
-
-def _sample_files(spec: AudioTrainSpec, n: int, usable: list[Path] | None = None) -> list[Path]:
-    """A source's held-out split (evenly spaced), else the first ``n`` of ``usable``."""
-    if sources.is_ref(spec.data.source):
-        held = sources.load(spec.data.source, "heldout").items
-        step = max(1, len(held) // max(n, 1))
-        return [Path(p) for p in held[::step][:n]]
-    return (usable if usable is not None else list_audio(spec.data))[:n]
-
-
-def make_sample_callback(
-    spec: AudioTrainSpec, out_dir: Path, usable: list[Path] | None = None
-) -> Any:
-    import lightning as L
-
-    files = _sample_files(spec, spec.n_samples, usable)
-    probe = load_clips(_sample_files(spec, 24, usable), spec.model)  # for a quick metric
-
-    class Samples(L.Callback):
-        """Renders samples every ``sample_every`` steps; stops at ``max_minutes``."""
-
-        start = time.time()
-
-        def on_train_batch_end(self, trainer, module, *args) -> None:
-            step = trainer.global_step
-            if spec.max_minutes and time.time() - self.start > 60 * spec.max_minutes:
-                trainer.should_stop = True
-            if spec.sample_every and step % spec.sample_every == 0 and step > 0:
-                module.generator.eval()
-                dist = np.mean(
-                    [
-                        mel_distance(
-                            module.mel,
-                            x[None],
-                            torch.from_numpy(
-                                module.tok.reconstruct(
-                                    Waveform(x.numpy(), module.tok.sample_rate)
-                                ).samples
-                            )[None],
-                        )
-                        for x in probe
-                    ]
-                )
-                print(f"step {step}: held-out mel distance {dist:.3f}", flush=True)
-                if trainer.logger is not None:
-                    trainer.logger.log_metrics({"heldout/mel_distance": float(dist)}, step)
-                render_samples(
-                    module.tok,
-                    files,
-                    out_dir / "samples" / f"step{step:06d}",
-                    f"held-out voices, step {step}",
-                )
-                module.generator.train()
-
-    return Samples()
 
 
 # --------------------------------------------------------------------------- CLI
@@ -397,13 +367,22 @@ def train(spec: AudioTrainSpec, out_dir: str | Path) -> AudioTokenizer:
     report.check_nonempty("audio files")
     write_data_report(out_dir, {"train": report})
     files, clips = [f for f, _ in loaded], [c for _, c in loaded]
+    labels = None
+    if spec.loss.content:
+        by_path = source_labels(spec.data)
+        if by_path is None:
+            raise ValueError(
+                f"loss.content = {spec.loss.content}: the content loss needs a labelled "
+                f"source ('module:function' returning labels); {spec.data.source!r} has none"
+            )
+        labels = [by_path[str(f)] for f in files]
     n_items = spec.trainer.max_steps * spec.data.batch_size
-    ds = ClipDataset(clips, spec.model.sample_rate, spec.data, n_items, spec.trainer.seed)
+    ds = ClipDataset(clips, spec.model.sample_rate, spec.data, n_items, spec.trainer.seed, labels)
     loader = make_train_loader(
         ds, spec.data.batch_size, spec.trainer, num_workers=spec.data.num_workers
     )
     torch.manual_seed(spec.trainer.seed)  # the initial weights too: reproducible runs
-    module = make_module(spec)
+    module = make_module(spec, 1 + max(labels) if labels else 0)
     t0 = time.time()
     trainer = fit_tokenizer(
         module,
@@ -431,7 +410,7 @@ def train(spec: AudioTrainSpec, out_dir: str | Path) -> AudioTokenizer:
         )
     render_samples(
         tok,
-        _sample_files(spec, spec.n_samples, files),
+        sample_files(spec, spec.n_samples, files),
         out_dir / "samples" / "final",
         f"held-out voices, final (step {trainer.global_step})",
     )
