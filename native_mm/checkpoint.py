@@ -8,7 +8,8 @@ Three forms are read by :func:`load_checkpoint`:
 * the plain inference file :func:`save_checkpoint` writes (``.pt``);
 * the model directory :func:`export_model` writes: ``model.safetensors`` (PyTorch's
   standard names and ``nn.Linear`` layout, see :mod:`native_mm.model`), ``config.json``
-  (model config, layout) and ``vocab.json`` (the tokenizer set's manifest).
+  (model config, layout) and ``vocab.json`` (the tokenizer set's manifest), each with its
+  sha256 in ``NAME.sha256.json`` beside it (checked on load when present).
 
 Every problem a user can cause (a missing, corrupt or foreign file, weights that do not
 fit the config, another tokenizer set, an impossible layout) is a :class:`CheckpointError`
@@ -17,13 +18,20 @@ naming the file.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from native_mm import cli_help, kernels
-from native_mm.io import atomic_write, load_torch, torch_bytes, write_checked
+from native_mm.io import (
+    load_torch,
+    read_json,
+    sha256_bytes,
+    torch_bytes,
+    verify_checked,
+    write_checked,
+    write_json,
+)
 from native_mm.layouts import Layout, LayoutError
 from native_mm.model import ModelConfig, ModelConfigError, Transformer
 from native_mm.sequence import SequenceCodec
@@ -71,17 +79,25 @@ def _read(path: Path, map_location: str) -> dict:
     """A checkpoint file or export directory -> one dict of the training checkpoint's shape."""
     if path.is_dir():
         from safetensors import SafetensorError
-        from safetensors.torch import load_file
+        from safetensors.torch import load
 
+        for name in ("config.json", "vocab.json", "model.safetensors"):
+            if not (path / name).is_file():
+                raise CheckpointError(f"{path}: not a model directory ({name} missing)")
+        what = "model directory file"
         try:
-            config = json.loads((path / "config.json").read_text())
-            manifest = json.loads((path / "vocab.json").read_text())
-            state = load_file(path / "model.safetensors", device=map_location)
-        except FileNotFoundError as e:
-            missing = Path(e.filename).name
-            raise CheckpointError(f"{path}: not a model directory ({missing} missing)") from None
+            config, _ = read_json(path, "config.json", CheckpointError, what, verify=True)
+            manifest, _ = read_json(path / "vocab.json", "", CheckpointError, what, verify=True)
+            weights = path / "model.safetensors"
+            data = weights.read_bytes()
+            verify_checked(weights, sha256_bytes(data), what=what, hint="export it again")
+            state = {k: v.to(map_location) for k, v in load(data).items()}
         except (ValueError, SafetensorError, OSError) as e:
+            if isinstance(e, CheckpointError):
+                raise
             raise CheckpointError(f"{path}: cannot read the model directory ({e})") from None
+        if not isinstance(config, dict) or not isinstance(manifest, dict):
+            raise CheckpointError(f"{path}: config.json and vocab.json must hold JSON objects")
         if config.get("format") != EXPORT_FORMAT:
             raise CheckpointError(f"{path}: config.json format {config.get('format')!r}, "
                                   f"expected {EXPORT_FORMAT!r}")  # fmt: skip
@@ -178,18 +194,17 @@ def export_model(pretrained: Pretrained, out_dir: str | Path, manifest: dict) ->
     ``manifest`` is the tokenizer set's (``TokenizerSet.manifest()``): it records the
     tokenizers' fingerprints, so a mismatched set is refused on load.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     # tied weights have one name (wte.weight; no lm_head), so no storage is shared
-    save_file(_contiguous(pretrained.model), str(out / "model.safetensors"), {"format": "pt"})
+    write_checked(out / "model.safetensors", save(_contiguous(pretrained.model), {"format": "pt"}))
     config = {"format": EXPORT_FORMAT, "weight_layout": WEIGHT_LAYOUT,
               "model_config": pretrained.model.config.to_dict(),
               "layout": pretrained.layout.to_dict()}  # fmt: skip
-    for name, obj in (("config.json", config), ("vocab.json", manifest)):
-        with atomic_write(out / name, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
+    write_json(out / "config.json", config, checksum=True)
+    write_json(out / "vocab.json", manifest, checksum=True)
     return out
 
 
@@ -205,7 +220,7 @@ def export_main(argv: list[str] | None = None, prog: str = "native-mm export") -
     args = ap.parse_args(argv)
     tokenizers = TokenizerSet.load(args.tokenizers)
     out = export_model(load_checkpoint(args.ckpt, tokenizers), args.out, tokenizers.manifest())
-    files = "model.safetensors, config.json, vocab.json"
+    files = "model.safetensors, config.json, vocab.json and their sha256"
     from native_mm import generation_config
 
     found = generation_config.find(args.ckpt)
