@@ -50,3 +50,16 @@ def test_corpus_prompts_mix_fixed_and_free_wording(tmp_path):
         fixed = {wording.fill(t, 3) for t in corpus.IMAGE_PROMPTS}
         n_fixed = sum(t in fixed for t in texts)
         assert (n_fixed < 100) if expect_free else (n_fixed == 200)
+
+
+def test_made_up_filler_words_are_never_digits_nor_reserved(monkeypatch):
+    r = random.Random(3)
+    made_up = [wording.nonsense_word(r) for _ in range(5000)]
+    assert len(set(made_up)) > 2000
+    assert not set(made_up) & (set(wording.WORDS) | wording.RESERVED)
+    assert all(parse_digit(w) == -1 for w in made_up)
+    monkeypatch.setattr(wording, "nonsense_word", lambda r: "zzfiller")
+    prompts = [wording.free_prompt(k, 4, r) for k in ("image", "audio") for _ in range(2000)]
+    share = sum("zzfiller" in p.lower() for p in prompts) / len(prompts)
+    assert abs(share - wording.FILLER_RATE) < 0.04, share
+    assert all(parse_digit(p) == 4 for p in prompts)

@@ -6,6 +6,10 @@ words, word order, punctuation, casing and the odd typo) beside the fixed templa
 :data:`UNSEEN_AUDIO_PROMPTS`, phrasings built on words the grammar never uses
 (:data:`RESERVED`), so that the "unseen wording" rows measure wordings the model never
 read (``tests/test_wording.py`` checks that no training prompt contains them).
+
+Some training prompts also carry a made-up filler word (:func:`nonsense_word`): people's
+requests hold words a small corpus never has, and a model that has met unknown words
+learns to look past them to the digit instead of being thrown by them.
 """
 
 from __future__ import annotations
@@ -67,6 +71,29 @@ UNSEEN_AUDIO_PROMPTS = (
 )  # fmt: skip
 
 
+_ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "st",
+           "pl", "gr", "sh", "ch", "tr", "fl")  # fmt: skip
+_VOWELS = ("a", "e", "i", "o", "u", "ee", "oo", "ai", "ou")
+_CODAS = ("", "", "", "n", "m", "t", "k", "s", "ng", "rd", "sh", "x")
+FILLER_RATE = 0.25  # share of free prompts with a made-up word inserted
+
+
+def nonsense_word(r: random.Random) -> str:
+    """A pronounceable made-up word of one to three syllables ("brooshek"), never a digit
+    word nor a reserved word of the unseen wordings."""
+    while True:
+        w = "".join(r.choice(_ONSETS) + r.choice(_VOWELS) + r.choice(_CODAS)
+                    for _ in range(r.randint(1, 3)))  # fmt: skip
+        if w not in WORDS and w not in RESERVED:
+            return w
+
+
+def _with_filler(text: str, r: random.Random) -> str:
+    words = text.split(" ")
+    i = r.randint(0, len(words))
+    return " ".join(words[:i] + [nonsense_word(r)] + words[i:])
+
+
 def fill(template: str, digit: int) -> str:
     """A wording template with ``{d}`` (numeral), ``{w}`` (word), ``{W}`` (Word) filled."""
     w = WORDS[digit]
@@ -111,6 +138,8 @@ def free_prompt(kind: str, digit: int, r: random.Random) -> str:
         text = r.choice(_OPENERS) + body + r.choice(_CLOSERS)
         if text.startswith(("can ", "could ", "would ")) and r.random() < 0.6:
             text = text.rstrip(".!") + "?"
+    if r.random() < FILLER_RATE:
+        text = _with_filler(text, r)
     if r.random() < 0.12:
         text = _typo(text, r)
     return _case(text, r)
