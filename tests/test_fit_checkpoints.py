@@ -55,3 +55,26 @@ def test_the_checked_loader_stays_whatever_other_plugins_are_given(shards, tmp_p
     args = fit_args(shards, tmp_path / "run", 2, "--trainer.plugins", env)[1:]
     cli = make_cli(args, run=False)
     assert isinstance(cli.trainer.strategy.checkpoint_io, ChecksummedCheckpointIO)
+
+
+def test_weights_only_false_is_said_and_not_honoured(shards, tmp_path, capsys):
+    """Lightning's ``fit --weights_only false`` would unpickle objects; native-mm loads
+    weights only and says so, and a pickle that runs code is still refused."""
+    out = tmp_path / "run"
+    assert cli(fit_args(shards, out, 2)) == 0
+    last = out / "checkpoints" / "last.ckpt"
+    capsys.readouterr()
+    extra = ("--ckpt_path", str(last), "--weights_only", "false")
+    assert cli(fit_args(shards, out, 3, *extra)) == 0
+    assert "--weights_only false is not honoured" in capsys.readouterr().err
+
+    class Boom:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    evil = tmp_path / "evil.ckpt"
+    evil.write_bytes(pickle.dumps({"state_dict": Boom()}, protocol=4))
+    rc = cli(fit_args(shards, tmp_path / "run2", 2, "--ckpt_path", str(evil), "--weights_only",
+                      "false"))  # fmt: skip
+    captured = capsys.readouterr()
+    assert rc == 1 and "pwned" not in captured.out and str(evil) in captured.err

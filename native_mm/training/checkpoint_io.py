@@ -7,6 +7,7 @@ generate) do not import Lightning (~4 s).
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,10 @@ class ChecksummedCheckpointIO(TorchCheckpointIO):
         self._preloaded = preloaded
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: Any = None) -> Any:
+        if weights_only is False:  # Lightning's ``fit --weights_only false``
+            print(f"{path}: --weights_only false is not honoured: native-mm unpickles "
+                  "no objects (a pickle can run code); loading weights only",
+                  file=sys.stderr)  # fmt: skip
         pre, self._preloaded = self._preloaded, None
         if pre and pre[0] == Path(path).resolve() and map_location in (None, "cpu"):
             return pre[1]
