@@ -287,13 +287,22 @@ def media_header_problem(kind: str, path: str) -> tuple[str, str] | None:
     if os.path.getsize(path) == 0:
         return "bad_media", f"empty (zero-byte) {kind} file"
     if kind == "image":
+        import warnings
+
         from PIL import Image
 
+        from native_mm.tokenizers.image import DEFAULT_MAX_PIXELS
+
         try:
-            with Image.open(path) as img:
-                img.verify()  # headers and chunk checksums, without decoding the pixels
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # sized below
+                with Image.open(path) as img:
+                    w, h = img.size
+                    img.verify()  # headers and chunk checksums, without decoding the pixels
         except Exception as e:  # noqa: BLE001 -- PIL raises many types for a bad file
             return "bad_media", f"not a readable image ({type(e).__name__}: {e})"
+        if w * h > DEFAULT_MAX_PIXELS:
+            return "bad_media", f"{w}x{h} image exceeds max_pixels={DEFAULT_MAX_PIXELS}"
         return None
     import soundfile as sf
 

@@ -228,6 +228,23 @@ def test_cli_validate(corpus, capsys):
     assert "none.jsonl: no such documents file" in capsys.readouterr().err
 
 
+def test_validate_flags_an_image_tokenize_would_refuse_as_too_large(tmp_path, capsys):
+    """A 9000x9000 PNG (81M pixels, a few KB on disk) is over the tokenizer's
+    decompression-bomb guard: validate names it as tokenize would skip it."""
+    from PIL import Image
+
+    from native_mm.documents import media_header_problem
+
+    Image.new("1", (9000, 9000)).save(tmp_path / "big.png")
+    Image.new("L", (8, 8)).save(tmp_path / "small.png")
+    reason, msg = media_header_problem("image", str(tmp_path / "big.png"))
+    assert reason == "bad_media" and "9000x9000 image exceeds max_pixels" in msg
+    assert media_header_problem("image", str(tmp_path / "small.png")) is None
+    docs = write_jsonl(tmp_path / "d.jsonl", [{"id": "a", "segments": [{"image": "big.png"}]}])
+    assert cli_main(["validate", str(docs)]) == 1
+    assert "9000x9000 image exceeds max_pixels" in capsys.readouterr().out
+
+
 LINES = st.lists(
     st.one_of(
         st.binary(max_size=40),

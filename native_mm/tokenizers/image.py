@@ -66,7 +66,10 @@ _RESAMPLE = {
 }
 
 
-def open_image(path: str | Path, max_pixels: int = 64_000_000) -> Image.Image:
+DEFAULT_MAX_PIXELS = 64_000_000  # decompression-bomb guard: width x height of a file
+
+
+def open_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Open and fully decode an image file; any failure is a MediaError naming the file."""
     path = Path(path)
     try:
