@@ -67,3 +67,41 @@ def test_a_checkpoint_write_on_a_full_disk_leaves_no_orphan_checksum(tmp_path, f
     from native_mm.io import verify_checked
 
     assert verify_checked(path)  # the old file still verifies against its checksum file
+
+
+def test_fit_on_a_full_disk_names_the_checkpoint_and_resumes_identical(tmp_path, monkeypatch,
+                                                                       capsys):  # fmt: skip
+    """The third checkpoint write of a fit hits a full disk: one line naming last.ckpt, the
+    previous checkpoint intact; resumed after freeing space, the run ends with the weights
+    of an uninterrupted one."""
+    import torch
+
+    from native_mm.cli import main as cli
+    from tests.doubles import fit_args, text_shards
+
+    shards = text_shards(tmp_path / "shards", n_docs=30)
+    assert cli(fit_args(shards, tmp_path / "clean", 6)) == 0
+    real, seen = os.fsync, []
+
+    def fsync(fd: int) -> None:
+        if re.fullmatch(r"\.last\.ckpt\.\w+\.tmp", Path(os.readlink(f"/proc/self/fd/{fd}")).name):
+            seen.append(fd)
+            if len(seen) == 3:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    out = tmp_path / "full"
+    capsys.readouterr()
+    assert cli(fit_args(shards, out, 6)) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert re.search(r"last\.ckpt: no space left on the device", err[-1]), err[-3:]
+    assert "Traceback" not in "\n".join(err)
+    last = out / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 2  # the one before
+    monkeypatch.setattr(os, "fsync", real)  # space freed
+    assert cli(fit_args(shards, out, 6, "--ckpt_path", str(last))) == 0
+    a = torch.load(last, weights_only=True)
+    b = torch.load(tmp_path / "clean" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert a["global_step"] == b["global_step"] == 6
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in b["state_dict"])
