@@ -29,6 +29,10 @@ VERBS: dict[tuple[str, ...], tuple[str, str]] = {
         "native_mm.tokenizers.audio_eval:eval_main",
         "audio tokenizer metrics (SI-SNR, mel distance, digit accuracy kept) as JSON",
     ),
+    ("tokenizer", "set"): (
+        "native_mm.tokenizers.set_cli:main",
+        "the shared vocabulary + manifest from the tokenizers you name (any modalities)",
+    ),
     ("tokenize",): (
         "native_mm.training.shards:main",
         "documents JSONL + tokenizer set -> packed token shards with a manifest",

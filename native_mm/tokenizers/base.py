@@ -153,15 +153,16 @@ class TorchTokenizer(Tokenizer):
         meta_path = directory / "config.json"
         try:
             meta = json.loads(meta_path.read_text())
+            modality = meta.get("modality") if isinstance(meta, dict) else None
+            if modality != cls.modality:  # before the config: another kind's keys differ
+                raise MediaError(
+                    f"{meta_path}: holds a {modality!r} tokenizer, not {cls.modality!r}"
+                )
             config = cls.config_class(**meta["config"])
         except FileNotFoundError:
             raise MediaError(f"{meta_path}: missing tokenizer config") from None
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise MediaError(f"{meta_path}: malformed tokenizer config ({e!r})") from None
-        if meta.get("modality") != cls.modality:
-            raise MediaError(
-                f"{meta_path}: holds a {meta.get('modality')!r} tokenizer, not {cls.modality!r}"
-            )
         tok = cls(config)
         state = load_torch(directory / "weights.pt", expected_sha256=meta.get("weights_sha256"))
         try:
