@@ -206,11 +206,15 @@ def tokenize(
     layout: Layout | None = None,
     log: Any = print,
     max_audio_seconds: float | None = None,
+    orders: str = "text,image;image,text",
 ) -> dict:
-    """Documents JSONL files -> packed shards in ``out_dir``; returns the manifest.
+    """Documents JSONL files (or WebDataset ``.tar`` shards) -> packed shards in
+    ``out_dir``; returns the manifest.
 
     Args:
-        inputs: JSONL documents files; each file's stem names a source in the mixture stats.
+        inputs: JSONL documents files or WebDataset tars; each file's stem names a source
+            in the mixture stats. A tar's samples become documents in
+            ``out_dir/sources/STEM/`` first (:mod:`native_mm.webdataset_in`).
         out_dir: output directory (created; an existing partial build is resumed).
         tokenizers: a ``TokenizerSet`` or the directory it was saved to.
         docs_per_shard: valid documents per shard (fixes the document -> shard assignment).
@@ -221,6 +225,7 @@ def tokenize(
         max_audio_seconds: longer audio files are skipped (``MediaTooLong`` in
             skipped.json) before their samples are read (None = the audio tokenizer's
             default, ``tokenizers.audio.DEFAULT_MAX_SECONDS``).
+        orders: how a tar's samples become documents, e.g. ``"text,image=0.7;image,text=0.3"``.
     """
     from native_mm.documents import SkipReport, read_documents
     from native_mm.tokenizers.base import TokenizerSet
@@ -235,9 +240,16 @@ def tokenize(
             layout.resolved(tset.vocab)  # a layout the vocabulary cannot hold: LayoutError now
         docs, invalid, input_info = [], [], []
         for path in map(Path, inputs):
-            report = SkipReport()
+            report, source = SkipReport(), path.stem
+            if path.suffix == ".tar":
+                from native_mm.webdataset_in import convert
+
+                path, report = convert([path], out_dir / "sources" / path.stem, orders)
+                log(f"  {path.parent.name}.tar: {report.documents} samples, "
+                    f"{report.skipped} skipped {dict(report.counts)}")  # fmt: skip
+                report.documents = 0
             for doc in read_documents(path, on_error="skip", report=report):
-                docs.append((path.stem, doc))
+                docs.append((source, doc))
             invalid += [
                 {"source": src, "reason": "invalid_record", "validator_reason": why, "message": msg}
                 for (src, msg), why in zip(report.messages, report.reasons, strict=True)
@@ -384,7 +396,12 @@ def write_shards_from_ids(
 # ---- CLI --------------------------------------------------------------------------------
 def main(argv: list[str] | None = None, prog: str = "native-mm tokenize") -> int:
     p = cli_help.parser(prog, __doc__.split("\n")[0])
-    p.add_argument("inputs", nargs="+", help="documents JSONL file(s)")
+    p.add_argument("inputs", nargs="+", help="documents JSONL file(s) or WebDataset .tar shards")
+    p.add_argument(
+        "--orders", default="text,image;image,text",
+        help="how a tar's samples become documents: kinds in order, ';'-separated, with "
+        "optional weights (e.g. text,image=0.7;image,text=0.3 or text,audio;audio,text)",
+    )  # fmt: skip
     p.add_argument("--tokenizers", required=True, help="tokenizer set directory")
     p.add_argument("--out", required=True, help="output shard directory")
     p.add_argument("--docs-per-shard", type=int, default=512, help="documents per shard file")
@@ -410,6 +427,7 @@ def main(argv: list[str] | None = None, prog: str = "native-mm tokenize") -> int
         layout=layout,
         log=lambda s: print(s, file=sys.stderr),
         max_audio_seconds=args.max_audio_seconds,
+        orders=args.orders,
     )
     print(json.dumps({k: manifest[k] for k in ("documents", "tokens", "modality_tokens")}))
     return 0
