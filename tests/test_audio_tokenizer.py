@@ -127,18 +127,25 @@ def test_save_load_fingerprint(tiny, tmp_path):
         AudioTokenizer.load(tmp_path / "tok")
 
 
-def test_pretrained_local_checkpoint(tmp_path):
-    """encodec's own 24 kHz model state dict, written here, loads and codes identically."""
+def encodec_24khz_file(directory: Path):
+    """encodec's 24 kHz model (random weights, seed 0) and its state dict written under
+    the published name ``encodec_24khz-CHECKSUM.th`` -> (model, file)."""
     from encodec import EncodecModel
 
     from native_mm.io import sha256_file
 
     torch.manual_seed(0)
     ref = EncodecModel.encodec_model_24khz(pretrained=False)
-    raw = tmp_path / "raw.th"
+    raw = directory / "raw.th"
     torch.save(ref.state_dict(), raw)
-    ckpt = tmp_path / f"encodec_24khz-{sha256_file(raw)[:8]}.th"
+    ckpt = directory / f"encodec_24khz-{sha256_file(raw)[:8]}.th"
     raw.rename(ckpt)
+    return ref, ckpt
+
+
+def test_pretrained_local_checkpoint(tmp_path):
+    """encodec's own 24 kHz model state dict, written here, loads and codes identically."""
+    ref, ckpt = encodec_24khz_file(tmp_path)
     tok = AudioTokenizer.from_pretrained("encodec_24khz", ckpt, levels=8)
     assert tok.sample_rate == 24000 and tok.n_levels == 8 and tok.codebook_size == 1024
     x = torch.randn(1, 1, 24000) * 0.1

@@ -44,16 +44,9 @@ def test_any_subset_of_modalities(parts, tiny_tokenizers, tmp_path, capsys, mods
 
 
 def test_a_pretrained_encodec_from_a_local_file(parts, tmp_path):
-    from encodec import EncodecModel
+    from tests.test_audio_tokenizer import encodec_24khz_file
 
-    from native_mm.io import sha256_file
-
-    torch.manual_seed(0)
-    ref = EncodecModel.encodec_model_24khz(pretrained=False)
-    raw = tmp_path / "raw.th"
-    torch.save(ref.state_dict(), raw)
-    weights = tmp_path / f"encodec_24khz-{sha256_file(raw)[:8]}.th"
-    raw.rename(weights)
+    ref, weights = encodec_24khz_file(tmp_path)
     out = tmp_path / "set"
     audio = ["--audio", f"encodec_24khz:{weights}", "--audio-levels", "4"]
     assert cli(["tokenizer", "set", "--text", str(parts / "text"), *audio, "--out", str(out)]) == 0
