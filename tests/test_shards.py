@@ -242,3 +242,19 @@ def test_a_second_tokenize_into_the_same_directory_is_refused_naming_the_first(t
     holder.wait()
     manifest = tokenize([corpus], out, tokenizer_set(), workers=0, log=lambda s: None)
     assert manifest["documents"] > 0 and not (out / ".lock").exists()
+
+
+def test_tokenize_shows_documents_per_second_on_a_terminal(tmp_path, monkeypatch):
+    import io
+    import sys
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    term = Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    corpus = write_corpus(tmp_path / "c", 8)
+    tokenize([corpus], tmp_path / "s", tokenizer_set(), workers=0, log=lambda s: None)
+    shown = term.getvalue()
+    assert "tokenize" in shown and "doc/s" in shown and "/" in shown, shown[-300:]

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from native_mm import cli_help
 from native_mm.io import (
@@ -280,6 +281,10 @@ def tokenize(
                 todo.append(_Job(str(out_dir), i, chunk, build_key))
         log(f"tokenize: {len(docs)} documents -> {n_shards} shards ({len(markers)} already done)")
         t0 = time.perf_counter()
+        # documents/s and an ETA on a terminal (tqdm stays silent when stderr is a file)
+        sizes = {j.index: len(j.docs) for j in todo}
+        bar = tqdm(total=sum(sizes.values()), unit="doc", desc="tokenize",
+                   disable=None, smoothing=0.1)  # fmt: skip
         if todo and workers > 0:
             ctx = mp.get_context("spawn")  # fork after torch threads start can deadlock
             arg = tokenizers if isinstance(tokenizers, TokenizerSet) else str(tokenizers)
@@ -287,11 +292,14 @@ def tokenize(
             with ctx.Pool(min(workers, len(todo)), _init_worker, init) as pool:
                 for marker in pool.imap_unordered(_run_job, todo):
                     markers[marker["index"]] = marker
+                    bar.update(sizes[marker["index"]])
                     log(f"  shard {marker['index']:05d}: {marker['documents']} docs")
         elif todo:
             _init_worker(tset, layout, max_audio_seconds)
             for job in todo:
                 markers[job.index] = _run_job(job)
+                bar.update(len(job.docs))
+        bar.close()
         manifest = _build_manifest(
             out_dir, markers, n_shards, vocab_manifest, build_key, input_info
         )
