@@ -117,6 +117,24 @@ def test_eval_table_tells_right_from_wrong(judges: Judges, tmp_path: Path) -> No
     assert list((tmp_path / "wav").glob("text_to_audio_*.wav"))
 
 
+def test_eval_reports_accuracy_per_wording(judges: Judges) -> None:
+    from native_mm.apps.digits.prompts import UNSEEN_WORDING, robustness_items
+
+    items = robustness_items(EvalConfig(robustness_items=40, image_size=16))[UNSEEN_WORDING]
+    right = _oracle(0)
+    first = items["text->image"][0].wording
+
+    def misreads_one(direction: str, its: list[Item]) -> list:  # wrong on one wording only
+        wrong = _oracle(3)(direction, its)
+        return [w if it.wording == first else r
+                for it, r, w in zip(its, right(direction, its), wrong, strict=True)]  # fmt: skip
+
+    rows = evaluate(misreads_one, items, judges, progress=False)["directions"]
+    by = rows["text->image"]["by_wording"]
+    assert len(by) == 4 and sum(v["n"] for v in by.values()) == 40
+    assert by[first]["correct"] <= 1 and all(v["correct"] >= 9 for w, v in by.items() if w != first)
+
+
 def test_smoke_pipeline_every_stage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     recipe = load_recipe(RECIPE, smoke=True)
     out = tmp_path / "run"

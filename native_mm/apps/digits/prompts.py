@@ -28,6 +28,7 @@ class Item:
 
     prompt: list[tuple[str, Any]]  # (kind, value) segments: str, PIL image or Waveform
     digit: int
+    wording: str | None = None  # the template a text prompt was filled from
 
 
 # ---- held-out material -----------------------------------------------------------------
@@ -95,8 +96,11 @@ def build_items(
 
 def _text_items(prompts: tuple[str, ...], n: int) -> list[Item]:
     """``n`` requests cycling through the digits, each wording used for ten in a row."""
-    return [Item([("text", fill(prompts[(j // 10) % len(prompts)], j % 10))], j % 10)
-            for j in range(n)]  # fmt: skip
+    out = []
+    for j in range(n):
+        template = prompts[(j // 10) % len(prompts)]
+        out.append(Item([("text", fill(template, j % 10))], j % 10, template))
+    return out
 
 
 def robustness_items(cfg: EvalConfig, audio_root: str | None = None) -> dict[str, dict]:
