@@ -80,3 +80,39 @@ def test_missing_or_mismatched_tokenizers_are_named(parts, tmp_path, capsys):
     assert cli([*base, "--out", str(tmp_path / "o")]) == 0
     assert cli([*base, "--out", str(tmp_path / "o")]) == 1  # never over an existing set
     assert "holds a tokenizer set already" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("media", [None, "image", "audio"])
+def test_a_model_trains_on_a_single_media_set(parts, tmp_path, capsys, media):
+    """A set of text alone, text + image or text + audio: tokenize its own kind of
+    documents and fit a few steps (smoke)."""
+    import json
+
+    import soundfile as sf
+    from PIL import Image
+
+    from tests.doubles import fit_args
+
+    args = ["--text", str(parts / "text")] + ([f"--{media}", str(parts / media)] if media else [])
+    assert (
+        cli(["tokenizer", "set", *args, "--image-max-grid", "8", "--out", str(tmp_path / "t")]) == 0
+    )
+    rng = np.random.default_rng(0)
+    lines = []
+    for k in range(12):
+        segs = [{"text": f"sample number {k}"}]
+        if media == "image":
+            Image.fromarray(rng.integers(0, 255, (16, 16, 3), np.uint8)).save(tmp_path / f"{k}.png")
+            segs.append({"image": f"{k}.png"})
+        elif media == "audio":
+            sf.write(tmp_path / f"{k}.wav", rng.normal(0, 0.1, 2000).astype(np.float32), 8000)
+            segs.append({"audio": f"{k}.wav"})
+        lines.append(json.dumps({"id": str(k), "segments": segs}))
+    (tmp_path / "d.jsonl").write_text("\n".join(lines) + "\n")
+    shards = tmp_path / "shards"
+    assert cli(["tokenize", str(tmp_path / "d.jsonl"), "--tokenizers", str(tmp_path / "t"),
+                "--out", str(shards), "--workers", "0"]) == 0  # fmt: skip
+    held = json.loads((shards / "manifest.json").read_text())["modality_tokens"]
+    assert held["text"] > 0 and all((held[m] > 0) == (m == media) for m in ("image", "audio"))
+    assert cli(fit_args(shards, tmp_path / "run", 2)) == 0
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
