@@ -110,6 +110,15 @@ class Vocab:
         """Total number of ids (the model's vocabulary size before padding)."""
         return max(r.stop for r in self.ranges.values())
 
+    def summary(self) -> str:
+        """One line for logs: "1688 ids (text 384, image 256 + 8 grid, audio 4 x 256)"."""
+        parts = [f"text {self.text_size}"]
+        if self.image_codes:
+            parts.append(f"image {self.image_codes} + {self.image_max_grid} grid")
+        if self.audio_codes:
+            parts.append(f"audio {self.audio_levels} x {self.audio_codes}")
+        return f"{self.size} ids ({', '.join(parts)})"
+
     def range(self, name: str) -> Range:
         if name not in self.ranges:
             raise VocabError(f"vocab: no range {name!r}; have {sorted(self.ranges)}")

@@ -29,6 +29,7 @@ IMAGE_EXT = (".jpg", ".jpeg", ".png", ".webp")
 AUDIO_EXT = (".wav", ".flac", ".mp3", ".ogg")
 TEXT_KEYS = ("caption", "text", "transcript", "txt")
 KINDS = ("text", "image", "audio")
+DEFAULT_ORDERS = "text,image;image,text"  # image-caption pairs, both directions equally
 
 
 def parse_orders(spec: str) -> list[tuple[tuple[str, ...], float]]:
@@ -91,15 +92,16 @@ def _samples(tar: Path, report: SkipReport) -> Iterator[tuple[str, dict[str, tup
                 members["." + suffix.lower() if dot else ""] = (m.name, f.read() if f else b"")
             if current is not None:
                 yield current, members
-            if tar.stat().st_size < tf.offset + 1024:  # no end-of-archive blocks: cut short
-                why = f"truncated tar shard (ends at byte {tar.stat().st_size:,} without "
-                report.add(DocumentError(tar, None, None, why + "its end blocks)", "corrupt_tar"))
+            size = tar.stat().st_size
+            if size < tf.offset + 1024:  # no end-of-archive blocks: cut short
+                why = f"truncated tar shard (ends at byte {size:,} without its end blocks)"
+                report.add(DocumentError(tar, None, None, why, "corrupt_tar"))
     except (tarfile.TarError, OSError, EOFError) as e:
         report.add(DocumentError(tar, None, None, f"corrupt tar shard ({e})", "corrupt_tar"))
 
 
 def convert(
-    tars: list[str | Path], out: str | Path, orders: str = "text,image;image,text"
+    tars: list[str | Path], out: str | Path, orders: str = DEFAULT_ORDERS
 ) -> tuple[Path, SkipReport]:
     """Write ``OUT/documents.jsonl`` and the extracted media under ``OUT/media/``.
 
@@ -149,7 +151,6 @@ def convert(
                 lines.append(json.dumps({"id": where, "segments": segments}))
                 report.documents += 1
     docs = out / "documents.jsonl"
-    docs.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(docs, "w") as f:
+    with atomic_write(docs, "w") as f:  # creates OUT when no sample was kept
         f.write("\n".join(lines) + ("\n" if lines else ""))
     return docs, report

@@ -85,8 +85,9 @@ def run_trials(clean: Path, work: Path, trials: int, seed: int = 0) -> collectio
             counts["traceback"] += 1
             print(f"traceback: {rel} {fault}: {type(e).__name__}: {e}")
         else:
-            counts["harmless" if _same(got, original) else "missed"] += 1
-            if not _same(got, original):
+            same = _same(got, original)
+            counts["harmless" if same else "missed"] += 1
+            if not same:
                 print(f"missed: {rel} {fault}")
         shutil.rmtree(trial)
     return counts

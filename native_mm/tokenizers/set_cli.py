@@ -90,11 +90,5 @@ def main(argv: list[str] | None = None, prog: str = "native-mm tokenizer set") -
     if a.image_max_grid < 1 or (a.audio_levels is not None and a.audio_levels < 1):
         ap.error("--image-max-grid and --audio-levels must be >= 1")
     tset = build(a.out, a.text, a.image, a.audio, a.image_max_grid, a.audio_levels)
-    v = tset.vocab
-    parts = [f"text {v.text_size}"]
-    if v.image_codes:
-        parts.append(f"image {v.image_codes} + {v.image_max_grid} grid")
-    if v.audio_codes:
-        parts.append(f"audio {v.audio_levels} x {v.audio_codes}")
-    print(f"tokenizer set -> {a.out}: {v.size} ids ({', '.join(parts)})")
+    print(f"tokenizer set -> {a.out}: {tset.vocab.summary()}")
     return 0

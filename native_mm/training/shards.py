@@ -46,6 +46,7 @@ from native_mm.io import (
 from native_mm.layouts import AudioFrameMajor, Layout
 from native_mm.training.media_cache import MediaCache
 from native_mm.vocab import BOS, EOS, MODALITIES, Vocab
+from native_mm.webdataset_in import DEFAULT_ORDERS
 
 SHARDS_VERSION = 1
 FILES = ("ids.bin", "loss.bin", "docs.npy")
@@ -207,7 +208,7 @@ def tokenize(
     layout: Layout | None = None,
     log: Any = print,
     max_audio_seconds: float | None = None,
-    orders: str = "text,image;image,text",
+    orders: str = DEFAULT_ORDERS,
 ) -> dict:
     """Documents JSONL files (or WebDataset ``.tar`` shards) -> packed shards in
     ``out_dir``; returns the manifest.
@@ -406,7 +407,7 @@ def main(argv: list[str] | None = None, prog: str = "native-mm tokenize") -> int
     p = cli_help.parser(prog, __doc__.split("\n")[0])
     p.add_argument("inputs", nargs="+", help="documents JSONL file(s) or WebDataset .tar shards")
     p.add_argument(
-        "--orders", default="text,image;image,text",
+        "--orders", default=DEFAULT_ORDERS,
         help="how a tar's samples become documents: kinds in order, ';'-separated, with "
         "optional weights (e.g. text,image=0.7;image,text=0.3 or text,audio;audio,text)",
     )  # fmt: skip

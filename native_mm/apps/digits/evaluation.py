@@ -215,11 +215,12 @@ def evaluate(
             "confusion": _confusion(truth, pred).tolist(),
         }
         if any(it.wording for it in its):  # which wordings the model misreads
-            by: dict[str, list[int]] = {}
+            by: dict[str, dict[str, int]] = {}
             for it, ok in zip(its, pred == truth, strict=True):
-                by.setdefault(it.wording or "", [0, 0])[0] += int(ok)
-                by[it.wording or ""][1] += 1
-            rows[direction]["by_wording"] = {w: {"correct": c, "n": k} for w, (c, k) in by.items()}
+                row = by.setdefault(it.wording or "", {"correct": 0, "n": 0})
+                row["correct"] += int(ok)
+                row["n"] += 1
+            rows[direction]["by_wording"] = by
         if dst == "text":
             rows[direction]["examples"] = [
                 {"digit": int(t), "text": o} for t, o in list(zip(truth, outputs, strict=True))[:10]

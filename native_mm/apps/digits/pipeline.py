@@ -135,11 +135,7 @@ class Pipeline:
         grid = int(self.r.get("tokenizers", {}).get("image_max_grid", 8))
         tset = TokenizerSet(**toks, image_max_grid=grid)
         tset.save(out)
-        v = tset.vocab
-        self.log(
-            f"  vocabulary: {v.size} ids (text {v.text_size}, image {v.image_codes} + "
-            f"{v.image_max_grid} grid, audio {v.audio_levels} x {v.audio_codes})"
-        )
+        self.log(f"  vocabulary: {tset.vocab.summary()}")
         return None
 
     def shards(self) -> Path | None:
