@@ -19,6 +19,7 @@ from native_mm.layouts import AudioFrameMajor, Layout
 from native_mm.model import ModelConfig
 from native_mm.training.cli import make_cli
 from native_mm.training.data import (
+    AudioCodes,
     DropoutConfig,
     PackedDataset,
     ResumableBatchSampler,
@@ -112,6 +113,34 @@ def test_modality_and_conditioning_dropout():
         for _ in range(2000)
     ]
     assert abs(1 - np.mean(kept) - 0.3) < 0.04
+
+
+def test_audio_prompt_noise_replaces_prompt_codes_within_their_level(mm_shards):
+    """Codes of an audio prompt (no loss) are redrawn within their RVQ level; targets never."""
+    vocab = Vocab(text_size=300, image_codes=16, audio_codes=32, audio_levels=2)
+    audio = AudioCodes.of(vocab, Layout(audio=AudioFrameMajor(2)))
+    prompt = AudioFrameMajor(2).encode(np.zeros((2, 50), np.int64), vocab)
+    target = AudioFrameMajor(2).encode(np.ones((2, 5), np.int64), vocab)
+    ids = np.concatenate([[BOS, 20], prompt, [21], target, [BOS + 1]]).astype(np.int64)
+    loss = np.zeros(len(ids), bool)
+    loss[len(prompt) + 3 :] = True  # the answer clip and <eos>
+    rng = np.random.default_rng(0)
+    out, ol = transform_document(ids, loss, DropoutConfig(audio_prompt_noise=0.3), rng, audio)
+    assert ol is loss and len(out) == len(ids)
+    changed = np.flatnonzero(out != ids)
+    assert 15 < changed.size < 45  # ~30% of the prompt's 100 codes
+    assert changed.min() > 2 and changed.max() < len(prompt) + 1  # inside the prompt's codes
+    codes, _, err = AudioFrameMajor(2).decode(out, 2, vocab)  # still a valid two-level span
+    assert not err and codes.shape == (2, 50) and (codes < 32).all()
+    # the same noise on a document with everything as target changes nothing
+    out, _ = transform_document(
+        ids, np.ones(len(ids), bool), DropoutConfig(audio_prompt_noise=1), rng, audio
+    )
+    np.testing.assert_array_equal(out, ids)
+    with pytest.raises(ValueError, match="audio codes"):
+        PackedDataset(
+            [ShardSet(mm_shards)], [1.0], 8, dropout=DropoutConfig(audio_prompt_noise=0.1)
+        )
 
 
 def test_mixture_weights(tmp_path):
@@ -357,7 +386,8 @@ def test_resume_refuses_a_checkpoint_of_the_old_weight_layout(shards, tmp_path):
 def test_fit_on_interleaved_shards_logs_per_modality_and_throughput(mm_shards, tmp_path):
     out = tmp_path / "mm"
     _fit(fit_args(mm_shards, out, 3, "--data.dropout.image_dropout", "0.2",
-                  "--data.dropout.cond_dropout", "0.2", "--model.z_loss", "1e-4"))  # fmt: skip
+                  "--data.dropout.cond_dropout", "0.2", "--model.z_loss", "1e-4",
+                  "--data.dropout.audio_prompt_noise", "0.2"))  # fmt: skip
     for key in ("train/loss_text", "train/loss_image", "train/acc_audio", "perf/tokens_per_s",
                 "perf/mfu"):  # fmt: skip
         assert step_losses(out, key), key

@@ -27,6 +27,12 @@ removed, so the span is trained on as ``<bos> <boi> ...`` (or ``<bos> <boa> ...`
 unconditional context that ``native_mm.generation`` uses for CFG (its ``UNCOND_PREFIX``
 is ``<bos>``; ``<uncond>`` is not used). Content after the span is kept.
 
+Prompt noise. With ``audio_prompt_noise`` each code of an audio span the loss does not
+cover (a prompt, not a target) is replaced, with that probability, by a random code of its
+RVQ level: the model learns to read speech through codes that differ from the ones it was
+trained on, as an unseen voice's codes do (SpecAugment's idea, on tokens). Targets are
+never noised.
+
 Resume. The loader's position is ``batches_consumed`` (global batches), kept in the
 DataModule's ``state_dict`` (saved in every Lightning checkpoint). Rank ``r`` of ``W``
 draws samples ``g * B_global + r * B_local + j`` for global batch ``g``, so a run on
@@ -47,7 +53,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from native_mm.layouts import Layout, LayoutError
 from native_mm.training.shard_reader import ShardSet
 from native_mm.training.shards import ShardError
-from native_mm.vocab import BOS, EOS, manifest_digest
+from native_mm.vocab import BOS, EOS, Vocab, manifest_digest
 
 
 @dataclass
@@ -58,6 +64,7 @@ class DropoutConfig:
     audio_dropout: float = 0.0  # drop a whole audio span with this probability
     cond_dropout: float = 0.0  # drop a media span's whole context -> <bos> <boi>... (CFG)
     text_dropout: float = 0.0  # drop each text run between media spans (multimodal docs)
+    audio_prompt_noise: float = 0.0  # replace each code of an audio prompt with a random one
 
     def active(self) -> bool:
         return bool(
@@ -65,10 +72,47 @@ class DropoutConfig:
         )
 
 
+@dataclass(frozen=True)
+class AudioCodes:
+    """Where a vocabulary's audio codes lie: what ``audio_prompt_noise`` draws from."""
+
+    offsets: np.ndarray  # (Q,) first id of each level the layout uses
+    codes: int  # codes per level
+
+    @classmethod
+    def of(cls, vocab: Vocab, layout: Layout) -> AudioCodes | None:
+        if not vocab.audio_codes:
+            return None
+        return cls(layout.resolved(vocab).audio.offsets(vocab), vocab.audio_codes)
+
+
+def noise_audio_prompts(
+    ids: np.ndarray, loss: np.ndarray, p: float, audio: AudioCodes, rng: np.random.Generator
+) -> np.ndarray:
+    """``ids`` with each code of the audio spans outside the loss replaced w.p. ``p``."""
+    out = ids
+    for start, stop, kind in Layout().find_spans(ids):
+        if kind != "audio" or loss[start + 1 : stop - 1].any():
+            continue
+        n = stop - start - 2
+        hit = np.flatnonzero(rng.random(n) < p)
+        if hit.size:
+            out = out.copy() if out is ids else out
+            level = audio.offsets[hit % len(audio.offsets)]
+            out[start + 1 + hit] = level + rng.integers(audio.codes, size=hit.size)
+    return out
+
+
 def transform_document(
-    ids: np.ndarray, loss: np.ndarray, cfg: DropoutConfig, rng: np.random.Generator
+    ids: np.ndarray,
+    loss: np.ndarray,
+    cfg: DropoutConfig,
+    rng: np.random.Generator,
+    audio: AudioCodes | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Apply modality and conditioning dropout to one document (see module docstring)."""
+    if cfg.audio_prompt_noise and audio is not None:
+        ids = noise_audio_prompts(ids, loss, cfg.audio_prompt_noise, audio, rng)
     if not cfg.active():
         return ids, loss
     spans = Layout().find_spans(ids)
@@ -112,7 +156,8 @@ class PackedDataset(Dataset):
         weights: mixture weights (normalised), one per source.
         seq_len: ``T``; each item holds ``input`` and ``target`` of length ``T``.
         seed: sampling seed.
-        dropout: span dropouts (training only).
+        dropout: span dropouts and prompt noise (training only).
+        audio: the vocabulary's audio codes (needed by ``dropout.audio_prompt_noise``).
     """
 
     def __init__(
@@ -122,6 +167,7 @@ class PackedDataset(Dataset):
         seq_len: int,
         seed: int = 0,
         dropout: DropoutConfig | None = None,
+        audio: AudioCodes | None = None,
     ) -> None:
         if len(sources) != len(weights) or not sources:
             raise ValueError(f"{len(sources)} sources but {len(weights)} weights")
@@ -133,7 +179,9 @@ class PackedDataset(Dataset):
                 raise ShardError(f"{s.path}: shard set holds no documents")
         self.sources, self.p = sources, w / w.sum()
         self.seq_len, self.seed = seq_len, seed
-        self.dropout = dropout or DropoutConfig()
+        self.dropout, self.audio = dropout or DropoutConfig(), audio
+        if self.dropout.audio_prompt_noise and audio is None:
+            raise ValueError("audio_prompt_noise needs the vocabulary's audio codes")
 
     def __len__(self) -> int:  # a nominal epoch; indices beyond it are valid too
         return max(1, sum(s.tokens for s in self.sources) // self.seq_len)
@@ -145,7 +193,7 @@ class PackedDataset(Dataset):
         need, ids_parts, loss_parts, have = self.seq_len + 1, [], [], 0
         while have < need:
             ids, loss = src.document(doc)
-            ids, loss = transform_document(ids, loss, self.dropout, rng)
+            ids, loss = transform_document(ids, loss, self.dropout, rng, self.audio)
             ids_parts.append(ids)
             loss_parts.append(loss)
             have += len(ids)
@@ -287,8 +335,9 @@ class ShardDataModule(L.LightningDataModule):
         if self.batch_size % world:
             raise ValueError(f"data.batch_size={self.batch_size} not divisible by {world} ranks")
         train = [ShardSet(s.path, verify=self.verify) for s in self.sources]
+        audio = AudioCodes.of(self.vocab, Layout.from_dict(self.layout))
         self.train_set = PackedDataset(
-            train, [s.weight for s in self.sources], self.seq_len, self.seed, self.dropout
+            train, [s.weight for s in self.sources], self.seq_len, self.seed, self.dropout, audio
         )
         self.val_set = None
         if self.val_sources:
