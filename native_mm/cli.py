@@ -34,7 +34,7 @@ VERBS: dict[tuple[str, ...], tuple[str, str]] = {
         "the shared vocabulary + manifest from the tokenizers you name (any modalities)",
     ),
     ("tokenize",): (
-        "native_mm.training.shards:main",
+        "native_mm.training.tokenize_cli:main",
         "documents JSONL + tokenizer set -> packed token shards with a manifest",
     ),
     ("fit",): (

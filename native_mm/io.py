@@ -310,10 +310,11 @@ class LockedError(ValueError):
 
 
 @contextlib.contextmanager
-def directory_lock(directory: str | Path, what: str) -> Iterator[None]:
-    """Hold an exclusive lock on ``directory`` while writing it (``.lock`` inside, with the
+def directory_lock(directory: str | Path, what: str, name: str = ".lock") -> Iterator[None]:
+    """Hold an exclusive lock on ``directory`` while writing it (``name`` inside, with the
     holder's pid). ``fcntl.flock`` is released by the kernel when the holder dies, so a
     killed run never blocks the next one; the file is removed when the holder finishes.
+    Writers of disjoint parts of one directory each lock their own ``name``.
 
     Raises:
         LockedError: another process holds it; the message names the directory and pid.
@@ -322,7 +323,7 @@ def directory_lock(directory: str | Path, what: str) -> Iterator[None]:
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / ".lock"
+    path = directory / name
     f = open(path, "a+")  # noqa: SIM115 -- held open for the lock's lifetime
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -14,7 +14,8 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
-from native_mm.webdataset_in import convert, parse_orders
+from native_mm.samples_in import parse_orders
+from native_mm.webdataset_in import convert
 from tests.test_reliability import tiny_tokenizer_set
 
 
@@ -92,6 +93,20 @@ def test_samples_become_documents_in_both_orders(shards, tmp_path):
     assert all(f"a.tar/s/{k}" in named for k in (102, 103, 105, 106))
     again, _ = convert(shards[:1], tmp_path / "again", "text,image;image,text;text,audio")
     assert again.read_text() == docs.read_text()  # the same order per sample on every run
+
+
+def test_a_folder_reads_as_its_tar(shards, tmp_path):
+    """A folder of key.ext files (a tar unpacked) gives the tar's documents and skips."""
+    folder = tmp_path / "a"  # named like the tar's stem, so sample names match too
+    with tarfile.open(shards[0]) as tf:
+        tf.extractall(folder, filter="data")
+    from_tar, r1 = convert(shards[:1], tmp_path / "t", "text,image;image,text;text,audio")
+    from_dir, r2 = convert([folder], tmp_path / "d", "text,image;image,text;text,audio")
+    rows = [[json.loads(line) for line in f.read_text().splitlines()] for f in (from_tar, from_dir)]
+    assert [r["id"].replace("a.tar/", "a/") for r in rows[0]] == [r["id"] for r in rows[1]]
+    texts = [[[s["text"] for s in r["segments"] if "text" in s] for r in f] for f in rows]
+    assert texts[0] == texts[1]  # the orders may differ: they are drawn from the names
+    assert r1.counts == r2.counts
 
 
 def test_tokenize_reads_tars_and_reports_every_skip(shards, tmp_path, text_tokenizer):

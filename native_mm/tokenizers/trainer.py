@@ -249,7 +249,7 @@ def fit_tokenizer(
     if spec.logger == "wandb":
         from native_mm.extras import require
 
-        require("wandb", "wandb", "trainer.logger: wandb")
+        require("wandb", "wandb", "trainer.logger: wandb", "log to csv")
         logger = WandbLogger(save_dir=str(out_dir), project="native-mm", offline=True)
     else:
         # version=None: a resumed run gets a new folder (a fixed version would delete the

@@ -144,7 +144,7 @@ class FitCLI(LightningCLI):
 
             from native_mm.extras import require
 
-            require("wandb", "wandb", "run.logger: wandb")
+            require("wandb", "wandb", "run.logger: wandb", "log to csv")
             os.environ.setdefault("WANDB_MODE", "offline")
             offline = os.environ["WANDB_MODE"] != "online"
             loggers.append(

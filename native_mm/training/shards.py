@@ -16,6 +16,10 @@ written for the same build (inputs, tokenizer fingerprints, options) and its fil
 the marker's checksums; every file is written atomically (temp file + rename) and the
 marker last. Re-running after an interruption therefore redoes exactly the unfinished
 shards: no document is lost or written twice.
+
+Parts: the same rule lets N independent jobs share one output directory (``part=(k, n)``
+encodes shards ``i % n == k``, each part under its own lock) and a merge write the
+manifest from their markers: the shards are the bytes one process would write.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from native_mm import cli_help
+from native_mm import hf_in, webdataset_in
 from native_mm.io import (
     atomic_write,
     directory_lock,
@@ -43,10 +47,10 @@ from native_mm.io import (
     write_bytes,
     write_json,
 )
-from native_mm.layouts import AudioFrameMajor, Layout
+from native_mm.layouts import Layout
+from native_mm.samples_in import DEFAULT_ORDERS
 from native_mm.training.media_cache import MediaCache
 from native_mm.vocab import BOS, EOS, MODALITIES, Vocab
-from native_mm.webdataset_in import DEFAULT_ORDERS
 
 SHARDS_VERSION = 1
 FILES = ("ids.bin", "loss.bin", "docs.npy")
@@ -209,14 +213,20 @@ def tokenize(
     log: Any = print,
     max_audio_seconds: float | None = None,
     orders: str = DEFAULT_ORDERS,
+    columns: str | None = None,
+    part: tuple[int, int] | None = None,
+    merge: bool = False,
 ) -> dict:
-    """Documents JSONL files (or WebDataset ``.tar`` shards) -> packed shards in
-    ``out_dir``; returns the manifest.
+    """Documents JSONL files (or WebDataset ``.tar`` shards, folders of ``key.ext`` files,
+    Parquet files, ``datasets`` ``save_to_disk`` folders) -> packed shards in ``out_dir``;
+    returns the manifest.
 
     Args:
-        inputs: JSONL documents files or WebDataset tars; each file's stem names a source
-            in the mixture stats. A tar's samples become documents in
-            ``out_dir/sources/STEM/`` first (:mod:`native_mm.webdataset_in`).
+        inputs: JSONL documents files, WebDataset tars or folders, Parquet files or
+            ``save_to_disk`` folders; each one's stem names a source in the mixture stats.
+            A tar's or folder's samples and a dataset's rows become documents in
+            ``out_dir/sources/STEM/`` first (:mod:`native_mm.webdataset_in`,
+            :mod:`native_mm.hf_in`).
         out_dir: output directory (created; an existing partial build is resumed).
         tokenizers: a ``TokenizerSet`` or the directory it was saved to.
         docs_per_shard: valid documents per shard (fixes the document -> shard assignment).
@@ -227,13 +237,24 @@ def tokenize(
         max_audio_seconds: longer audio files are skipped (``MediaTooLong`` in
             skipped.json) before their samples are read (None = the audio tokenizer's
             default, ``tokenizers.audio.DEFAULT_MAX_SECONDS``).
-        orders: how a tar's samples become documents, e.g. ``"text,image=0.7;image,text=0.3"``.
+        orders: how a tar's samples or a dataset's rows become documents, e.g.
+            ``"text,image=0.7;image,text=0.3"``.
+        columns: a dataset's caption/image/audio columns when the guess is wrong
+            (``"text=title,image=photo"``).
+        part: ``(k, n)``: encode only shards ``i`` with ``i % n == k`` (one of ``n``
+            independent jobs, e.g. a Slurm array task, sharing ``out_dir``) and write no
+            manifest; returns the part's counts.
+        merge: write the manifest from the parts' shards, encoding nothing; a shard no part
+            finished is an error naming it. Parts + merge give the same shard bytes as one run.
     """
     from native_mm.documents import SkipReport, read_documents
     from native_mm.tokenizers.base import TokenizerSet
 
     out_dir = Path(out_dir)
-    with directory_lock(out_dir, "native-mm tokenize"):  # two runs never write one directory
+    if part is not None and not (0 <= part[0] < part[1]) or (part and merge):
+        raise ValueError(f"part {part}: k/n with 0 <= k < n, and not with merge")
+    lock = f".lock.part{part[0]}" if part else ".lock"  # parts write disjoint shards
+    with directory_lock(out_dir, "native-mm tokenize", lock):  # never two writers of one file
         if docs_per_shard < 1:
             raise ValueError(f"docs_per_shard must be >= 1, got {docs_per_shard}")
         tset = tokenizers if isinstance(tokenizers, TokenizerSet) else TokenizerSet.load(tokenizers)
@@ -243,13 +264,15 @@ def tokenize(
         docs, invalid, input_info = [], [], []
         for path in map(Path, inputs):
             report, source = SkipReport(), path.stem
-            if path.suffix == ".tar":
-                from native_mm.webdataset_in import convert
-
-                path, report = convert([path], out_dir / "sources" / path.stem, orders)
-                log(f"  {path.parent.name}.tar: {report.documents} samples, "
+            if path.suffix in (".tar", ".parquet") or path.is_dir():
+                name, dest = path.name, out_dir / "sources" / source
+                if hf_in.is_hf_input(path):
+                    path, report = hf_in.convert([path], dest, orders, columns)
+                else:  # a tar or a folder of key.ext files
+                    path, report = webdataset_in.convert([path], dest, orders)
+                log(f"  {name}: {report.documents} samples, "
                     f"{report.skipped} skipped {dict(report.counts)}")  # fmt: skip
-                report.documents = 0
+                report.documents = 0  # counted again as the documents file is read
             for doc in read_documents(path, on_error="skip", report=report):
                 docs.append((source, doc))
             invalid += [
@@ -269,18 +292,29 @@ def tokenize(
         if max_audio_seconds is not None:  # only when set: earlier builds keep their key
             build["max_audio_seconds"] = max_audio_seconds
         build_key = _json_digest(build)
-        remove_temp_files(out_dir, out_dir / "shards")  # a killed run's half-written files
         n_shards = max(1, -(-len(docs) // docs_per_shard))
         markers: dict[int, dict] = {}
         todo = []
         for i in range(n_shards):
+            if part and i % part[1] != part[0]:
+                continue
             marker = _marker_ok(out_dir, i, build_key)
             if marker is not None:
                 markers[i] = marker
             else:
                 chunk = docs[i * docs_per_shard : (i + 1) * docs_per_shard]
                 todo.append(_Job(str(out_dir), i, chunk, build_key))
-        log(f"tokenize: {len(docs)} documents -> {n_shards} shards ({len(markers)} already done)")
+        if merge and todo:
+            missing = ", ".join(f"{j.index:05d}" for j in todo[:20])
+            raise ShardError(
+                f"{out_dir}: {len(todo)} of {n_shards} shards not done by the parts "
+                f"({missing}{', ...' if len(todo) > 20 else ''}); shard i is part i mod N's"
+            )
+        if part is None:  # a killed run's half-written files (a part may be writing its own)
+            remove_temp_files(out_dir, out_dir / "shards")
+        what = f"part {part[0]}/{part[1]}: " if part else ""
+        log(f"tokenize: {what}{len(docs)} documents -> {n_shards} shards "
+            f"({len(markers)} already done)")  # fmt: skip
         t0 = time.perf_counter()
         # documents/s and an ETA on a terminal (tqdm stays silent when stderr is a file)
         sizes = {j.index: len(j.docs) for j in todo}
@@ -301,6 +335,13 @@ def tokenize(
                 markers[job.index] = _run_job(job)
                 bar.update(len(job.docs))
         bar.close()
+        if part is not None:
+            done = [markers[i] for i in sorted(markers)]
+            log(f"tokenize: part {part[0]}/{part[1]} wrote {len(done)} shards; merge when "
+                "every part is done")  # fmt: skip
+            return {"part": list(part), "shards": [m["index"] for m in done],
+                    "documents": sum(m["documents"] for m in done),
+                    "tokens": sum(m["tokens"] for m in done)}  # fmt: skip
         manifest = _build_manifest(
             out_dir, markers, n_shards, vocab_manifest, build_key, input_info
         )
@@ -402,41 +443,3 @@ def write_shards_from_ids(
 
 
 # ---- reading --------------------------------------------------------------------------
-# ---- CLI --------------------------------------------------------------------------------
-def main(argv: list[str] | None = None, prog: str = "native-mm tokenize") -> int:
-    p = cli_help.parser(prog, __doc__.split("\n")[0])
-    p.add_argument("inputs", nargs="+", help="documents JSONL file(s) or WebDataset .tar shards")
-    p.add_argument(
-        "--orders", default=DEFAULT_ORDERS,
-        help="how a tar's samples become documents: kinds in order, ';'-separated, with "
-        "optional weights (e.g. text,image=0.7;image,text=0.3 or text,audio;audio,text)",
-    )  # fmt: skip
-    p.add_argument("--tokenizers", required=True, help="tokenizer set directory")
-    p.add_argument("--out", required=True, help="output shard directory")
-    p.add_argument("--docs-per-shard", type=int, default=512, help="documents per shard file")
-    p.add_argument("--workers", type=int, default=2, help="encoding processes (0 = inline)")
-    p.add_argument(
-        "--audio-levels", type=int, default=None,
-        help="RVQ levels per audio frame in the sequences (default: all of the vocabulary's)",
-    )  # fmt: skip
-    p.add_argument(
-        "--max-audio-seconds", type=float, default=None,
-        help="skip longer audio (counted as MediaTooLong; default: the tokenizer's, 3600)",
-    )  # fmt: skip
-    args = p.parse_args(argv)
-    layout = None
-    if args.audio_levels is not None:
-        layout = Layout(audio=AudioFrameMajor(args.audio_levels))
-    manifest = tokenize(
-        args.inputs,
-        args.out,
-        args.tokenizers,
-        docs_per_shard=args.docs_per_shard,
-        workers=args.workers,
-        layout=layout,
-        log=lambda s: print(s, file=sys.stderr),
-        max_audio_seconds=args.max_audio_seconds,
-        orders=args.orders,
-    )
-    print(json.dumps({k: manifest[k] for k in ("documents", "tokens", "modality_tokens")}))
-    return 0

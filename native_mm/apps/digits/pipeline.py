@@ -139,7 +139,7 @@ class Pipeline:
         return None
 
     def shards(self) -> Path | None:
-        from native_mm.training.shards import main as tokenize_main
+        from native_mm.training.tokenize_cli import main as tokenize_main
 
         out = self.paths["shards"]
         if (out / "manifest.json").is_file():
