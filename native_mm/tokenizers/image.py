@@ -190,8 +190,47 @@ class ImageTokenizer(TorchTokenizer):
 
     def __init__(self, config: ImageConfig | None = None) -> None:
         super().__init__(config or ImageConfig())
-        self.model = VQGAN(self.config)
+        if self.config.arch == "llamagen":
+            from native_mm.tokenizers.llamagen import LlamaGenVQ
+
+            self.model = LlamaGenVQ(self.config)
+        else:
+            self.model = VQGAN(self.config)
         self.model.eval()
+
+    @classmethod
+    def from_pretrained(cls, layout: str, path: str | Path, max_size: int = 256) -> ImageTokenizer:
+        """A published VQ checkpoint from a local file; ``layout``: "llamagen" (LlamaGen's
+        ``vq_ds8_c2i.pt`` / ``vq_ds16_c2i.pt``: ``{"model": state_dict}`` or the state dict).
+        Sizes are read from the weights; images are shrunk to ``max_size`` px.
+
+        Raises:
+            MediaError: unknown layout, missing or unreadable file, weights of another layout.
+        """
+        from native_mm.io import load_torch
+        from native_mm.tokenizers.llamagen import config_from_state_dict
+
+        if layout != "llamagen":
+            raise MediaError(f"unknown pretrained image VQ layout {layout!r}; have ['llamagen']")
+        path = Path(path)
+        if not path.is_file():
+            raise MediaError(f"{path}: pretrained {layout} VQ checkpoint not found")
+        try:
+            sd = load_torch(path)
+        except Exception as e:  # noqa: BLE001 -- any unreadable file is the same error to the user
+            raise MediaError(f"{path}: cannot read the checkpoint ({e})") from None
+        sd = sd.get("model", sd) if isinstance(sd, dict) else sd
+        if not isinstance(sd, dict) or "quantize.embedding.weight" not in sd:
+            raise MediaError(f"{path}: not a {layout} VQ state dict (no quantize.embedding.weight)")
+        sd = {k: v for k, v in sd.items() if k != "quantize.codebook_used"}  # training stat
+        try:
+            cfg = config_from_state_dict(sd, max_size=max_size)
+            tok = cls(cfg)
+            tok.model.load_state_dict(sd)
+        except (KeyError, ValueError, RuntimeError) as e:
+            why = " ".join(str(e).split())  # torch's message spans lines
+            raise MediaError(f"{path}: weights do not fit the {layout} layout ({why})") from None
+        return tok
 
     @property
     def codebook_size(self) -> int:

@@ -2,9 +2,10 @@
 
 Any subset of modalities around a text tokenizer (text only; text + image; text + audio;
 all three). Each tokenizer is a trained tokenizer directory (``tokenizer train`` writes
-them), or for audio a pretrained EnCodec read from a local weights file
-(``--audio encodec_24khz:PATH`` or ``encodec_48khz:PATH``; the file keeps its published
-name ``NAME-CHECKSUM.th``, whose checksum is verified). The set is written as the
+them), or a published pretrained model read from a local weights file: for audio Meta's
+EnCodec (``--audio encodec_24khz:PATH`` or ``encodec_48khz:PATH``; the file keeps its
+published name ``NAME-CHECKSUM.th``, whose checksum is verified), for images LlamaGen's VQ
+(``--image llamagen:PATH``, e.g. its ``vq_ds16_c2i.pt``). The set is written as the
 ``tokenize`` / ``fit`` / ``generate`` verbs read it: ``OUT/{text,image,audio}/``, the
 codebooks' vectors and ``OUT/manifest.json`` (the vocabulary and each tokenizer's
 fingerprint, so a mismatched tokenizer is refused downstream).
@@ -22,6 +23,7 @@ from native_mm.tokenizers.base import MediaError, TokenizerSet, tokenizer_class
 from native_mm.vocab import VocabError
 
 PRETRAINED_PREFIXES = ("encodec_24khz", "encodec_48khz")
+IMAGE_PRETRAINED = ("llamagen",)
 
 
 def load_tokenizer(modality: str, source: str, audio_levels: int | None = None) -> Any:
@@ -33,9 +35,14 @@ def load_tokenizer(modality: str, source: str, audio_levels: int | None = None) 
         from native_mm.tokenizers.audio import AudioTokenizer
 
         return AudioTokenizer.from_pretrained(name, path, levels=audio_levels or 8)
+    if modality == "image" and name in IMAGE_PRETRAINED and path:
+        from native_mm.tokenizers.image import ImageTokenizer
+
+        return ImageTokenizer.from_pretrained(name, path)
     directory = Path(source)
     if not directory.is_dir():
-        hint = f" (or {'/'.join(PRETRAINED_PREFIXES)}:PATH)" if modality == "audio" else ""
+        known = {"audio": PRETRAINED_PREFIXES, "image": IMAGE_PRETRAINED}.get(modality)
+        hint = f" (or {'/'.join(known)}:PATH)" if known else ""
         raise MediaError(f"{directory}: no {modality} tokenizer directory there{hint}")
     tok = tokenizer_class(modality).load(directory)
     if audio_levels is not None and modality == "audio" and audio_levels != tok.n_levels:
@@ -71,7 +78,11 @@ def build(
 def main(argv: list[str] | None = None, prog: str = "native-mm tokenizer set") -> int:
     ap = cli_help.parser(prog, __doc__.split("\n")[0].split(": ", 1)[1])
     ap.add_argument("--text", required=True, help="the text tokenizer's directory")
-    ap.add_argument("--image", help="an image tokenizer's directory (none: no images)")
+    ap.add_argument(
+        "--image",
+        help="an image tokenizer's directory, or llamagen:PATH for LlamaGen's pretrained VQ "
+        "from a local weights file (none: no images)",
+    )
     ap.add_argument(
         "--audio",
         help="an audio tokenizer's directory, or encodec_24khz:PATH / encodec_48khz:PATH "

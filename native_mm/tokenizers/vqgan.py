@@ -24,6 +24,7 @@ QUANTIZERS = ("vq", "fsq", "lfq")
 class ImageConfig:
     """VQ-GAN architecture, quantizer and preprocessing policy (all JSON-serialisable)."""
 
+    arch: str = "native"  # "native" (this module) or "llamagen" (a LlamaGen VQ checkpoint)
     factor: int = 8  # downsampling factor f: 4, 8 or 16 (code grid = H/f x W/f)
     channels: int = 64  # base width of the first encoder / last decoder stage
     channel_mult: tuple[int, ...] = (1, 2, 2, 4)  # width multipliers, log2(f) + 1 stages
@@ -57,6 +58,8 @@ class ImageConfig:
                 f"channel_mult {self.channel_mult} must have log2(factor) + 1 = "
                 f"{int(math.log2(self.factor)) + 1} entries for factor {self.factor}"
             )
+        if self.arch not in ("native", "llamagen"):
+            raise ValueError(f"arch must be 'native' or 'llamagen', got {self.arch!r}")
         if self.quantizer not in QUANTIZERS:
             raise ValueError(f"quantizer must be one of {QUANTIZERS}, got {self.quantizer!r}")
         if self.quantizer == "fsq" and self.codebook_size != math.prod(self.fsq_levels):
