@@ -3,7 +3,8 @@
 Two workloads, each with 1 and 2 encoding processes (one thread each):
 
 * image-caption pairs: 256x256 crops of scikit-learn's sample photographs with captions,
-  coded by the shipped photos VQ-GAN (``tokenizers/image/photos``, 16x16 = 256 codes);
+  coded by the shipped photos VQ-GAN (``tokenizers/image/photos``, factor 4: 64x64 = 4,096
+  codes);
 * speech-transcript pairs: espeak-ng sentences (about 2-3 s) coded at 24 kHz by EnCodec's
   24 kHz architecture at 6 kbps (8 levels; random weights from encodec's own constructor:
   no pretrained weights can be downloaded here, and the timing does not depend on them).
@@ -31,7 +32,8 @@ import torch
 from PIL import Image
 
 from native_mm.tokenizers.audio import AudioTokenizer
-from native_mm.tokenizers.base import TokenizerSet, TorchTokenizer
+from native_mm.tokenizers.base import TokenizerSet
+from native_mm.tokenizers.image import ImageTokenizer
 from native_mm.tokenizers.text import TextSpec, train_text_tokenizer
 from native_mm.training.shards import tokenize
 
@@ -85,8 +87,8 @@ def tokenizer_set(root: Path) -> Path:
     torch.save(EncodecModel.encodec_model_24khz(pretrained=False).state_dict(), raw)
     weights = raw.rename(root / f"encodec_24khz-{sha256_file(raw)[:8]}.th")
     audio = AudioTokenizer.from_pretrained("encodec_24khz", weights, levels=8)
-    image = TorchTokenizer.load(ROOT / "tokenizers/image/photos")
-    TokenizerSet(text, image, audio, image_max_grid=16).save(root / "set")
+    image = ImageTokenizer.load(ROOT / "tokenizers/image/photos")
+    TokenizerSet(text, image, audio, image_max_grid=64).save(root / "set")  # 256 px / factor 4
     return root / "set"
 
 
@@ -94,6 +96,8 @@ def measure(docs: Path, toks: Path, out: Path, workers: int) -> dict:
     t = time.perf_counter()
     m = tokenize([docs], out, toks, docs_per_shard=16, workers=workers, log=lambda s: None)
     dt = time.perf_counter() - t
+    if not m["documents"]:
+        raise SystemExit(f"{docs}: every document was skipped; see {out / 'skipped.json'}")
     cores = max(1, workers)
     return {
         "workers": workers, "seconds": round(dt, 2), "documents": m["documents"],
