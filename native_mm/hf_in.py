@@ -119,13 +119,14 @@ def convert(
     out: str | Path,
     orders: str = DEFAULT_ORDERS,
     columns: str | None = None,
+    captions: bool = True,
 ) -> tuple[Path, SkipReport]:
     """Write ``OUT/documents.jsonl`` and the media under ``OUT/media/`` from Parquet files
     or ``save_to_disk`` folders; returns the documents file and the skip report."""
     require("pyarrow", "data", "reading Parquet files and Hugging Face datasets")
     import pyarrow as pa
 
-    writer, mapping = DocumentWriter(out, orders), parse_columns(columns)
+    writer, mapping = DocumentWriter(out, orders, captions), parse_columns(columns)
     for path in map(Path, inputs):
         root = path.parent if path.suffix == ".parquet" else path
         row, cols = 0, None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 from native_mm.documents import DocumentError, SkipReport
@@ -89,10 +90,14 @@ class DocumentWriter:
     Args:
         out: the folder the documents file and the media are written to.
         orders: how samples become documents (:func:`parse_orders`).
+        captions: False keeps a sample without a caption as a one-medium document (for
+            readers that want the media only, like the tokenizer trainers).
     """
 
-    def __init__(self, out: str | Path, orders: str = DEFAULT_ORDERS) -> None:
-        self.out, self.plan = Path(out), parse_orders(orders)
+    def __init__(
+        self, out: str | Path, orders: str = DEFAULT_ORDERS, captions: bool = True
+    ) -> None:
+        self.out, self.plan, self.captions = Path(out), parse_orders(orders), captions
         self.report, self.lines = SkipReport(), []
 
     def skip(self, where: str, message: str, reason: str) -> None:
@@ -101,6 +106,12 @@ class DocumentWriter:
     def add(self, where: str, text: str, media: dict[str, tuple[str, bytes] | None]) -> bool:
         """One sample named ``where`` (``SOURCE/KEY``): its caption and ``{kind: (suffix,
         bytes)}``; a document in its order, or a counted skip. True when kept."""
+        if not text and not self.captions:  # media only (a tokenizer trainer's input)
+            kinds = [k for k in ("image", "audio") if media.get(k)]
+            if not kinds:
+                self.skip(where, "no image or audio", "no_media")
+                return False
+            return self._write(where, kinds[:1], text, media)
         if not text:
             self.skip(where, "no caption (a caption/text/transcript field)", "no_caption")
             return False
@@ -110,6 +121,9 @@ class DocumentWriter:
         if missing:
             self.skip(where, f"no {missing[0]} for order {','.join(order)}", "no_media")
             return False
+        return self._write(where, order, text, media)
+
+    def _write(self, where: str, order: Sequence[str], text: str, media: dict) -> bool:
         segments = []
         for kind in order:
             if kind == "text":

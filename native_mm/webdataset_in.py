@@ -71,14 +71,14 @@ def _folder_samples(
 
 
 def convert(
-    tars: list[str | Path], out: str | Path, orders: str = DEFAULT_ORDERS
+    tars: list[str | Path], out: str | Path, orders: str = DEFAULT_ORDERS, captions: bool = True
 ) -> tuple[Path, SkipReport]:
     """Write ``OUT/documents.jsonl`` and the extracted media under ``OUT/media/`` from tar
     shards or folders of ``key.ext`` files.
 
     Returns the documents file and the report of what was skipped and why.
     """
-    writer = DocumentWriter(out, orders)
+    writer = DocumentWriter(out, orders, captions)
     for tar in map(Path, tars):
         read = _folder_samples if tar.is_dir() else _samples
         for key, members in read(tar, writer.report):

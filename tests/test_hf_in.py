@@ -115,3 +115,13 @@ def test_tokenize_reads_datasets_and_reports_every_skip(inputs, tmp_path, text_t
         assert name in text, name  # row 8: the truncated PNG, skipped by the encoder
     assert m["sources"]["photos"]["documents"] == 7 and m["sources"]["speech"]["documents"] == 4
     assert m["modality_tokens"]["image"] > 0 and m["modality_tokens"]["audio"] > 0
+
+
+def test_the_image_trainer_reads_a_parquet_file(inputs):
+    from native_mm.tokenizers.image_train import image_paths
+    from native_mm.tokenizers.trainer import DataReport
+
+    report = DataReport("photos")
+    images = image_paths(inputs[0], report)
+    assert len(images) == 9 and all(p.is_file() for p in images)  # row 6 uncaptioned: kept
+    assert report.counts == {"no_media": 1}  # row 7: a caption without an image

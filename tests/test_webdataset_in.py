@@ -121,3 +121,21 @@ def test_tokenize_reads_tars_and_reports_every_skip(shards, tmp_path, text_token
     assert "a.tar/s/104" in text  # the truncated PNG: skipped by tokenize, named
     assert m["sources"]["a"]["documents"] >= 7 and m["modality_tokens"]["image"] > 0
     assert m["modality_tokens"]["audio"] > 0
+
+
+def test_tokenizer_trainers_read_tars_for_their_media(shards):
+    """The image and audio trainers take a tar as they take a folder: every image or clip,
+    captioned or not; the bad samples are counted in the data report."""
+    from native_mm.tokenizers.audio_train import AudioDataSpec, list_audio
+    from native_mm.tokenizers.image_train import image_paths
+    from native_mm.tokenizers.trainer import DataReport
+
+    report = DataReport("images")
+    images = image_paths(shards[0], report)
+    names = sorted(p.name for p in images)
+    assert len(images) == 9 and all(
+        p.is_file() for p in images
+    )  # 000-005, 100, 102 and 104 (truncated)
+    assert any("s_102" in n for n in names)  # no caption: still an image to learn from
+    clips = list_audio(AudioDataSpec(source=str(shards[0])))
+    assert len(clips) == 1 and clips[0].suffix == ".wav"

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from native_mm import cli_help, sources
+from native_mm.inputs import is_foreign, media_documents
 from native_mm.tokenizers.audio import AudioConfig, AudioTokenizer, convert, read_audio
 from native_mm.tokenizers.audio_metrics import (
     MultiScaleMel,
@@ -63,7 +64,8 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".aiff", ".aif", ".au", ".mp3")
 class AudioDataSpec:
     """Where training audio comes from and how it is cut and augmented."""
 
-    source: str = ""  # a "module:function" source, a folder of audio files, or a .jsonl
+    source: str = ""  # a "module:function" source, a folder of audio files, a .jsonl, or a
+    # .tar / .parquet / datasets folder (its clips, transcribed or not)
     segment_seconds: float = 0.8  # crop length (shorter clips are zero-padded)
     batch_size: int = 16  # clips per step
     gain_db: list[float] = dataclasses.field(default_factory=lambda: [-12.0, 3.0])  # range
@@ -129,7 +131,9 @@ def list_audio(spec: AudioDataSpec, report: DataReport | None = None) -> list[Pa
     src = spec.source
     if sources.is_ref(src):
         return [Path(p) for p in sources.load(src, "train").items]
-    path = Path(src)
+    path, foreign = Path(src), None
+    if is_foreign(path):  # a tar, Parquet file or datasets folder: its media as documents
+        path, foreign = media_documents(path)
     if path.suffix == ".jsonl":
         from native_mm.documents import SkipReport, read_documents
 
@@ -139,6 +143,8 @@ def list_audio(spec: AudioDataSpec, report: DataReport | None = None) -> list[Pa
         files = [Path(s.value) for d in docs for s in d.segments if s.kind == "audio"]
         if report is not None:
             report.add_invalid(skips)
+            if foreign is not None:
+                report.add_invalid(foreign)
         return files
     if path.is_dir():
         files = sorted(

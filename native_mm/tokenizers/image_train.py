@@ -32,6 +32,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from native_mm import cli_help, sources
+from native_mm.inputs import is_foreign, media_documents
 from native_mm.io import save_image
 from native_mm.tokenizers.image import (
     _RESAMPLE,
@@ -62,7 +63,8 @@ class ImageTrainSpec:
 
     model: ImageConfig = dataclasses.field(default_factory=ImageConfig)  # the tokenizer
     trainer: TrainerSpec = dataclasses.field(default_factory=TrainerSpec)  # Lightning knobs
-    data: str = "photos"  # a "module:function" source, "photos", an image folder or a .jsonl
+    data: str = "photos"  # a "module:function" source, "photos", an image folder, a .jsonl,
+    # or a .tar / .parquet / datasets folder (its images, captioned or not)
     val_data: str = ""  # same choices; "" = the source's heldout split / photo crops / none
     resolution: int = 32  # training crop side in pixels (a multiple of the factor)
     photo_scale: tuple[float, float] = (0.15, 1.0)  # photos: random downscale range
@@ -187,6 +189,9 @@ def image_paths(source: str | Path, report: DataReport | None = None) -> list[Pa
     one raises :class:`native_mm.documents.DocumentError`.
     """
     source = Path(source)
+    foreign = None
+    if is_foreign(source):  # a tar, Parquet file or datasets folder: its media as documents
+        source, foreign = media_documents(source)
     if source.suffix == ".jsonl":
         from native_mm.documents import SkipReport, read_documents
 
@@ -200,10 +205,13 @@ def image_paths(source: str | Path, report: DataReport | None = None) -> list[Pa
         ]
         if report is not None:
             report.add_invalid(skips)
+            if foreign is not None:
+                report.add_invalid(foreign)
         return paths
     if not source.is_dir():
         raise ValueError(
-            f"{source}: not an image folder, a .jsonl file, 'photos' or a 'module:function' source"
+            f"{source}: not an image folder, a .jsonl file, a .tar/.parquet/datasets folder, "
+            "'photos' or a 'module:function' source"
         )
     return sorted(
         p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from native_mm import hf_in, webdataset_in
+from native_mm import inputs as formats  # `inputs` is tokenize's argument
 from native_mm.io import (
     atomic_write,
     directory_lock,
@@ -264,12 +264,10 @@ def tokenize(
         docs, invalid, input_info = [], [], []
         for path in map(Path, inputs):
             report, source = SkipReport(), path.stem
-            if path.suffix in (".tar", ".parquet") or path.is_dir():
-                name, dest = path.name, out_dir / "sources" / source
-                if hf_in.is_hf_input(path):
-                    path, report = hf_in.convert([path], dest, orders, columns)
-                else:  # a tar or a folder of key.ext files
-                    path, report = webdataset_in.convert([path], dest, orders)
+            if path.is_dir() or formats.is_foreign(path):  # a tar, folder, Parquet, dataset
+                name = path.name
+                dest = out_dir / "sources" / source
+                path, report = formats.to_documents(path, dest, orders, columns)
                 log(f"  {name}: {report.documents} samples, "
                     f"{report.skipped} skipped {dict(report.counts)}")  # fmt: skip
                 report.documents = 0  # counted again as the documents file is read
