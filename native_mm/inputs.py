@@ -10,12 +10,15 @@ as long as the process (:func:`media_documents`) and keeps uncaptioned media too
 from __future__ import annotations
 
 import atexit
+import hashlib
+import json
 import shutil
 import tempfile
 from pathlib import Path
 
 from native_mm import hf_in, webdataset_in
 from native_mm.documents import SkipReport
+from native_mm.io import write_json
 from native_mm.samples_in import DEFAULT_ORDERS
 
 
@@ -23,6 +26,14 @@ def is_foreign(path: str | Path) -> bool:
     """A tar shard, Parquet file or ``datasets`` folder (not our JSONL, not a media folder)."""
     path = Path(path)
     return path.suffix in (".tar", ".parquet") or hf_in.is_hf_input(path)
+
+
+def _stamp(path: Path) -> str:
+    """What the input is now: size and mtime of the file, or of every file of a folder."""
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    rows = [(str(f.relative_to(path)) if f != path else "", f.stat().st_size,
+             f.stat().st_mtime_ns) for f in files]  # fmt: skip
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
 
 
 def to_documents(
@@ -34,11 +45,32 @@ def to_documents(
 ) -> tuple[Path, SkipReport]:
     """Convert ``path`` (a tar, a folder of ``key.ext`` files, a Parquet file or a
     ``datasets`` folder) into ``dest/documents.jsonl`` + media; returns it and the skips.
-    ``captions=False`` keeps a medium without a caption as a document of its own."""
-    path = Path(path)
+    ``captions=False`` keeps a medium without a caption as a document of its own.
+
+    A conversion is done once: ``dest/converted.json`` records the input's sizes and
+    times and the options, and a rerun (a resumed tokenize, a merge, a part after another
+    part or a Dask conversion task) with the same input and options reads it back.
+    """
+    path, dest = Path(path), Path(dest)
+    key = {"input": str(path.resolve()), "stamp": _stamp(path), "orders": orders,
+           "columns": columns, "captions": captions, "version": 1}  # fmt: skip
+    marker, docs = dest / "converted.json", dest / "documents.jsonl"
+    try:
+        done = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        done = {}
+    if done.get("key") == key and docs.is_file():
+        report = SkipReport(documents=done["documents"], messages=[tuple(m) for m in
+                            done["messages"]], reasons=done["reasons"])  # fmt: skip
+        report.counts.update(done["counts"])
+        return docs, report
     if hf_in.is_hf_input(path):
-        return hf_in.convert([path], dest, orders, columns, captions=captions)
-    return webdataset_in.convert([path], dest, orders, captions=captions)
+        docs, report = hf_in.convert([path], dest, orders, columns, captions=captions)
+    else:
+        docs, report = webdataset_in.convert([path], dest, orders, captions=captions)
+    write_json(marker, {"key": key, "documents": report.documents, "counts": report.counts,
+                        "messages": report.messages, "reasons": report.reasons})  # fmt: skip
+    return docs, report
 
 
 def media_documents(path: str | Path) -> tuple[Path, SkipReport]:

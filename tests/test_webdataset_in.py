@@ -139,3 +139,21 @@ def test_tokenizer_trainers_read_tars_for_their_media(shards):
     assert any("s_102" in n for n in names)  # no caption: still an image to learn from
     clips = list_audio(AudioDataSpec(source=str(shards[0])))
     assert len(clips) == 1 and clips[0].suffix == ".wav"
+
+
+def test_a_conversion_is_done_once_until_the_input_changes(shards, tmp_path):
+    from native_mm.inputs import to_documents
+
+    docs, first = to_documents(shards[0], tmp_path / "c", "text,image;text,audio")
+    stamp = docs.stat().st_mtime_ns
+    again, cached = to_documents(shards[0], tmp_path / "c", "text,image;text,audio")
+    assert again.stat().st_mtime_ns == stamp  # read back, not rewritten
+    assert cached.as_dict() == first.as_dict()  # the same counts and named skips
+    _, other = to_documents(shards[0], tmp_path / "c", "image,text")  # other options: redone
+    assert again.stat().st_mtime_ns != stamp
+    with tarfile.open(shards[0], "a") as tf:  # the input grows: redone
+        info = tarfile.TarInfo("s/200.txt")
+        info.size = 5
+        tf.addfile(info, io.BytesIO(b"extra"))
+    _, grown = to_documents(shards[0], tmp_path / "c", "image,text")
+    assert grown.counts["no_media"] == other.counts["no_media"] + 1

@@ -1,10 +1,11 @@
 """``tokenize`` on a Dask cluster: the parts of :func:`~native_mm.training.shards.tokenize`
 as Dask tasks, then the merge here.
 
-Dask (``distributed``) schedules, retries and reports; we only split the shards. Each task
-is one ``tokenize(..., part=(k, n))`` writing its shards into the shared output folder (a
-cluster needs a filesystem all workers see, as a Slurm array does), and the merge writes the
-manifest: the same shard bytes as one process. ``address`` is a running scheduler
+Dask (``distributed``) schedules, retries and reports; we only split the work. First each
+tar, folder, Parquet file or dataset is converted into documents by a task of its own,
+then each task is one ``tokenize(..., part=(k, n))`` writing its shards into the shared
+output folder (a cluster needs a filesystem all workers see, as a Slurm array does), and the
+merge writes the manifest: the same shard bytes as one process. ``address`` is a running scheduler
 (``tcp://host:8786``) or ``local:N``, a cluster of N worker processes on this machine.
 Dask is the ``scale`` extra: ``pip install native-mm[scale]``.
 """
@@ -16,7 +17,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from native_mm import inputs as formats
 from native_mm.extras import require
+from native_mm.samples_in import DEFAULT_ORDERS
 from native_mm.training.shards import tokenize
 
 
@@ -53,6 +56,15 @@ def tokenize_on_dask(
     with _client(address) as client:
         n = parts or max(1, len(client.scheduler_info()["workers"]))
         log(f"tokenize: {n} parts on {client.scheduler.address} ({address})")
+        # foreign inputs (tars, folders, Parquet, datasets) converted once, one task each;
+        # the parts then read the conversions instead of each redoing all of them
+        foreign = [p for p in inputs if Path(p).is_dir() or formats.is_foreign(p)]
+        convert = functools.partial(formats.to_documents, orders=kwargs.get("orders",
+                                    DEFAULT_ORDERS), columns=kwargs.get("columns"))  # fmt: skip
+        dests = [str(Path(out) / "sources" / Path(p).stem) for p in foreign]
+        for (_, report), p in zip(client.gather(client.map(convert, foreign, dests, pure=False)),
+                                  foreign, strict=True):  # fmt: skip
+            log(f"  {Path(p).name}: {report.documents} samples, {report.skipped} skipped")
         # a partial: `workers` is also a keyword of client.submit (which workers may run it)
         job = functools.partial(tokenize, workers=0, log=_silent, **kwargs)
         futures = [client.submit(job, inputs, out, toks, part=(k, n), pure=False) for k in range(n)]
