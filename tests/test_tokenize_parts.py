@@ -94,3 +94,27 @@ def test_dask_two_local_workers_equal_one_run(tmp_path, text_tokenizer):
     assert sum(line.startswith("  part") for line in lines) == 3
     assert m["sources"]["pairs"]["documents"] == 16
     assert_same_build(tmp_path / "one", tmp_path / "dask")
+
+
+def test_a_yaml_recipe_says_what_the_flags_say(tmp_path, capsys, text_tokenizer):
+    """The mapping from records to documents can live in a recipe (orders and columns as
+    mappings); it builds what the same flags build, and a misspelt key is named."""
+    toks = tiny_tokenizer_set(text_tokenizer, tmp_path / "tok")
+    members = []
+    for k in range(6):
+        members += [(f"{k:03d}.png", _png(k)), (f"{k:03d}.txt", f"photo {k}".encode())]
+    tar = _tar(tmp_path / "pairs.tar", members + [("999.png", _png(9))])  # no caption
+    flags = [str(tar), "--tokenizers", str(toks), "--workers", "0", "--docs-per-shard", "2",
+             "--orders", "text,image=0.7;image,text=0.3"]  # fmt: skip
+    assert tokenize_main([*flags, "--out", str(tmp_path / "flags")]) == 0
+    recipe = tmp_path / "tokenize.yaml"
+    recipe.write_text(
+        f"inputs: [{tar}]\ntokenizers: {toks}\nout: {tmp_path / 'recipe'}\nworkers: 0\n"
+        'docs_per_shard: 2\norders:\n  "text,image": 0.7\n  "image,text": 0.3\n'
+    )
+    assert tokenize_main(["--config", str(recipe)]) == 0
+    assert_same_build(tmp_path / "flags", tmp_path / "recipe")
+    recipe.write_text(f"inputs: [{tar}]\ntokenizer: {toks}\n")
+    with pytest.raises(SystemExit):
+        tokenize_main(["--config", str(recipe), "--out", str(tmp_path / "x")])
+    assert "unknown option(s) ['tokenizer']" in capsys.readouterr().err

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
 
 from native_mm import cli_help
 from native_mm.layouts import AudioFrameMajor, Layout
@@ -14,10 +18,37 @@ from native_mm.training.shards import tokenize
 DESCRIPTION = "Documents + a tokenizer set -> packed, checksummed token shards with a manifest."
 
 
+def recipe(path: str, known: set[str], error: Any) -> dict:
+    """A tokenize recipe (YAML) -> argparse defaults: ``orders`` as a string or a mapping
+    ``{"text,image": 0.7, ...}``, ``columns`` as a string or ``{text: COL, image: COL}``."""
+    try:
+        cfg = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        error(f"--config {path}: {e}")
+    if not isinstance(cfg, dict):
+        error(f"--config {path}: a mapping of options, not {type(cfg).__name__}")
+    cfg = {k.replace("-", "_"): v for k, v in cfg.items()}
+    unknown = sorted(set(cfg) - known - {"help"})
+    if unknown:
+        error(f"--config {path}: unknown option(s) {unknown}; known: {sorted(known)}")
+    if isinstance(cfg.get("orders"), dict):
+        cfg["orders"] = ";".join(f"{k}={v}" for k, v in cfg["orders"].items())
+    if isinstance(cfg.get("columns"), dict):
+        cfg["columns"] = ",".join(f"{k}={v}" for k, v in cfg["columns"].items())
+    if isinstance(cfg.get("inputs"), str):
+        cfg["inputs"] = [cfg["inputs"]]
+    return cfg
+
+
 def main(argv: list[str] | None = None, prog: str = "native-mm tokenize") -> int:
     p = cli_help.parser(prog, DESCRIPTION)
     p.add_argument(
-        "inputs", nargs="+",
+        "--config", default=None,
+        help="a YAML recipe with any of these options (inputs, tokenizers, out, orders, "
+        "columns, docs_per_shard, ...); the command line overrides it",
+    )  # fmt: skip
+    p.add_argument(
+        "inputs", nargs="*",
         help="documents JSONL file(s), WebDataset .tar shards, Parquet files or Hugging Face "
         "datasets save_to_disk folders",
     )  # fmt: skip
@@ -31,8 +62,8 @@ def main(argv: list[str] | None = None, prog: str = "native-mm tokenize") -> int
         "--columns", default=None,
         help="a dataset's columns when the guess is wrong: text=COL,image=COL,audio=COL",
     )  # fmt: skip
-    p.add_argument("--tokenizers", required=True, help="tokenizer set directory")
-    p.add_argument("--out", required=True, help="output shard directory")
+    p.add_argument("--tokenizers", help="tokenizer set directory (required)")
+    p.add_argument("--out", help="output shard directory (required)")
     p.add_argument("--docs-per-shard", type=int, default=512, help="documents per shard file")
     p.add_argument("--workers", type=int, default=2, help="encoding processes (0 = inline)")
     p.add_argument(
@@ -55,7 +86,15 @@ def main(argv: list[str] | None = None, prog: str = "native-mm tokenize") -> int
         "(N worker processes here); needs the scale extra",
     )  # fmt: skip
     p.add_argument("--parts", type=int, default=None, help="with --dask: parts (default: workers)")
+    pre, _ = p.parse_known_args(argv)
+    if pre.config:
+        p.set_defaults(**recipe(pre.config, {a.dest for a in p._actions}, p.error))
     args = p.parse_args(argv)
+    if not args.inputs:
+        args.inputs = p.get_default("inputs") or []
+    for need in ("inputs", "tokenizers", "out"):
+        if not getattr(args, need):
+            p.error(f"give {need} on the command line or in --config")
     layout = None
     if args.audio_levels is not None:
         layout = Layout(audio=AudioFrameMajor(args.audio_levels))
