@@ -172,6 +172,37 @@ def load_checkpoint(
     return Pretrained(model.eval(), vocab, layout, int(steps) if steps is not None else None)
 
 
+def init_weights(model: Transformer, path: str | Path, manifest: dict) -> int | None:
+    """Start ``model`` from the weights of a checkpoint or model directory (a new training
+    stage: nothing but the weights is taken). ``manifest``: the vocabulary of the new
+    run's data, which must be the checkpoint's; returns the steps the weights had.
+
+    Raises:
+        CheckpointError: not a native-mm checkpoint, another vocabulary or tokenizers,
+            weights of another shape than ``model``'s (each names the file).
+    """
+    path = Path(path)
+    ckpt = _read(path, "cpu")
+    stored = ckpt.get("manifest", ckpt.get("vocab_manifest"))
+    if not stored or "state_dict" not in ckpt:
+        raise CheckpointError(f"{path}: not a native-mm checkpoint (no vocabulary manifest "
+                              "or state_dict) to start from")  # fmt: skip
+    try:
+        vocab = Vocab.from_manifest(stored, source=f"{path} manifest")
+    except VocabError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    _check_tokenizers(path, stored, vocab, manifest)
+    try:
+        model.load_state_dict(model_state(ckpt))
+    except RuntimeError as e:
+        why = " ".join(str(e).split())[:300]
+        raise CheckpointError(
+            f"{path}: its weights do not fit this run's model.arch ({why})"
+        ) from None
+    steps = ckpt.get("global_step")
+    return int(steps) if steps is not None else None
+
+
 def _contiguous(model: Transformer) -> dict:
     return {k: v.detach().contiguous() for k, v in model.state_dict().items()}
 

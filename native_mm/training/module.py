@@ -27,7 +27,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from native_mm.checkpoint import WEIGHT_LAYOUT
+from native_mm.checkpoint import WEIGHT_LAYOUT, init_weights
 from native_mm.kernels import head_cross_entropy
 from native_mm.model import ModelConfig, Transformer
 from native_mm.vocab import MODALITIES, Vocab, VocabError, manifest_digest
@@ -90,6 +90,10 @@ class LanguageModule(L.LightningModule):
         code_vectors: ``code_vectors.npz`` of the tokenizer set (written beside its
             manifest): image/audio code embeddings start from the codes' latent vectors
             (:func:`init_code_embeddings`); None = plain random init.
+        init_from: a checkpoint (``fit``'s ``.ckpt``) or a model directory (``export``)
+            whose weights start this run: a new stage (fresh optimiser, schedule and step
+            count; any batch size, data and sequence length). Its vocabulary must be the
+            data's. ``--ckpt_path`` instead resumes a run, weights and all.
     """
 
     def __init__(
@@ -111,6 +115,7 @@ class LanguageModule(L.LightningModule):
         fused_adamw: bool = True,
         max_nonfinite_steps: int = 10,
         code_vectors: str | None = None,
+        init_from: str | None = None,
     ) -> None:
         super().__init__()
         arch = arch if arch is not None else ModelConfig()
@@ -140,7 +145,12 @@ class LanguageModule(L.LightningModule):
         """Build the transformer (under the strategy's init context, e.g. FSDP's)."""
         if self.model is None:
             self.model = Transformer(self.config)
-            if self.hparams.get("code_vectors"):  # a resumed run then loads its own weights
+            if self.hparams.get("init_from"):  # a resumed run then loads its own weights
+                steps = init_weights(self.model, self.hparams.init_from,
+                                     self.hparams.vocab_manifest)  # fmt: skip
+                rank_zero_info(f"native-mm fit: weights from {self.hparams.init_from} "
+                               f"({steps} steps); a new stage starts at step 0")  # fmt: skip
+            elif self.hparams.get("code_vectors"):
                 init_code_embeddings(self.model, self.hparams.vocab_manifest,
                                      self.hparams.code_vectors)  # fmt: skip
             if self.hparams.compile:
