@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from tests import bad_inputs
+from tests.reliability_common import _tiny_checkpoint, tiny_tokenizer_set
+
 ROOT = Path(__file__).resolve().parents[1]
 TEXT_SAMPLE = ROOT / "tokenizers" / "text" / "corpus" / "sample.txt"
 
@@ -60,3 +63,51 @@ def tiny_tokenizers(text_tokenizer):
                     n_q=3, codebook_size=16, kmeans_iters=1)
     )  # fmt: skip
     return TokenizerSet(text_tokenizer, image, audio, image_max_grid=16)
+
+
+# ---- the reliability tests' shared objects (tests/test_reliability*.py) -------------------
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory, text_tokenizer) -> Path:
+    return tiny_tokenizer_set(text_tokenizer, tmp_path_factory.mktemp("tok") / "tokenizers")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    return bad_inputs.build(tmp_path_factory.mktemp("bad"))
+
+
+@pytest.fixture(scope="module")
+def tokenized(tokenizer_dir, corpus, tmp_path_factory) -> tuple[Path, int, str]:
+    """``native-mm tokenize`` over the bad corpus: (out dir, exit code, stderr)."""
+    out = tmp_path_factory.mktemp("shards") / "out"
+    argv = ["tokenize", str(corpus), "--tokenizers", str(tokenizer_dir), "--out", str(out),
+            "--workers", "0", "--docs-per-shard", "4"]  # fmt: skip
+    import contextlib
+    import io
+
+    from native_mm.cli import main as cli
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        rc = cli(argv)
+    return out, rc, err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tokenizer_dir, tmp_path_factory) -> Path:
+    """A tiny random transformer saved as a plain inference checkpoint."""
+    return _tiny_checkpoint(tokenizer_dir, tmp_path_factory.mktemp("ckpt"), 1024)
+
+
+@pytest.fixture(scope="module")
+def text_shards_dir(tmp_path_factory) -> Path:
+    from tests.doubles import text_shards
+
+    return text_shards(tmp_path_factory.mktemp("txt") / "shards", n_docs=60)
+
+
+@pytest.fixture(scope="module")
+def eval_checkpoint(tokenizer_dir, tmp_path_factory) -> Path:
+    """A tiny random transformer with room for the held-out clips' prompts (~1,150 tokens
+    with the tiny EnCodec)."""
+    return _tiny_checkpoint(tokenizer_dir, tmp_path_factory.mktemp("eval_ckpt"), 4096)

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from native_mm.hf_in import DatasetError, convert, parse_columns
-from tests.test_reliability import tiny_tokenizer_set
+from tests.reliability_common import tiny_tokenizer_set
 from tests.test_webdataset_in import _png, _wav
 
 datasets = pytest.importorskip("datasets")

@@ -13,7 +13,7 @@ from native_mm.training.shards import ShardError, tokenize
 from native_mm.training.tokenize_cli import main as tokenize_main
 from tests import bad_inputs
 from tests.doubles import tokenizer_set, write_corpus
-from tests.test_reliability import tiny_tokenizer_set
+from tests.reliability_common import tiny_tokenizer_set
 from tests.test_webdataset_in import _png, _tar, _wav
 
 SAME = ("documents", "tokens", "loss_tokens", "modality_tokens", "sources", "build_key")

@@ -16,7 +16,7 @@ from PIL import Image
 
 from native_mm.samples_in import parse_orders
 from native_mm.webdataset_in import convert
-from tests.test_reliability import tiny_tokenizer_set
+from tests.reliability_common import tiny_tokenizer_set
 
 
 def _png(seed: int) -> bytes:
