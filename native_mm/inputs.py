@@ -25,7 +25,13 @@ from native_mm.samples_in import DEFAULT_ORDERS
 def is_foreign(path: str | Path) -> bool:
     """A tar shard, Parquet file or ``datasets`` folder (not our JSONL, not a media folder)."""
     path = Path(path)
-    return path.suffix in (".tar", ".parquet") or hf_in.is_hf_input(path)
+    return path.suffix == ".tar" or hf_in.is_hf_input(path)
+
+
+def converts(path: str | Path) -> bool:
+    """Whether ``tokenize`` converts ``path`` into documents first: a foreign input or a
+    folder of ``key.ext`` samples (anything but our JSONL)."""
+    return Path(path).is_dir() or is_foreign(path)
 
 
 def _stamp(path: Path) -> str:

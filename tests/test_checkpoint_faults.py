@@ -31,7 +31,7 @@ from native_mm.checkpoint import (
 from native_mm.layouts import Layout
 from native_mm.model import ModelConfig, Transformer
 from native_mm.vocab import Vocab
-from tests.test_fault_injection import FAULTS, _inject
+from tests.test_fault_injection import FAULTS, _inject, count_trials
 
 TRIALS = int(os.environ.get("FAULT_TRIALS", "150"))
 
@@ -61,36 +61,21 @@ def _same(a: Pretrained, b: Pretrained) -> bool:
 
 
 def run_trials(clean: Path, work: Path, trials: int, seed: int = 0) -> collections.Counter:
-    rng = np.random.default_rng(seed)
     files = ["m.pt", "m.pt.sha256.json"] + sorted(f"m/{p.name}" for p in (clean / "m").iterdir())
     original = load_checkpoint(clean / "m.pt")
     assert _same(original, load_checkpoint(clean / "m"))
-    counts: collections.Counter = collections.Counter()
-    for t in range(trials):
-        trial = work / f"t{t}"
-        shutil.copytree(clean, trial)
-        rel = files[int(rng.integers(0, len(files)))]
-        fault = str(rng.choice(FAULTS))
-        _inject(trial / rel, fault, rng)
-        target = trial / ("m" if rel.startswith("m/") else "m.pt")
-        try:
-            got = load_checkpoint(target)
-        except (CheckpointError, FileNotFoundError) as e:
-            msg, name = str(e), Path(rel).name
-            named = (name in msg or name.removesuffix(".sha256.json") in msg) and "\n" not in msg
-            counts["caught" if named else "caught_without_the_file"] += 1
-            if not named:
-                print(f"caught without the file: {rel} {fault}: {e}")
-        except Exception as e:  # noqa: BLE001 -- what this test exists to count
-            counts["traceback"] += 1
-            print(f"traceback: {rel} {fault}: {type(e).__name__}: {e}")
-        else:
-            same = _same(got, original)
-            counts["harmless" if same else "missed"] += 1
-            if not same:
-                print(f"missed: {rel} {fault}")
-        shutil.rmtree(trial)
-    return counts
+
+    def draw(rng: np.random.Generator) -> tuple[str, str, str]:
+        return files[int(rng.integers(0, len(files)))], str(rng.choice(FAULTS)), ""
+
+    def load(trial: Path, rel: str, _: str) -> Pretrained:
+        return load_checkpoint(trial / ("m" if rel.startswith("m/") else "m.pt"))
+
+    def judge(got: Pretrained, *_: str) -> str:
+        return "harmless" if _same(got, original) else "missed"
+
+    return count_trials(clean, work, trials, np.random.default_rng(seed), draw, load,
+                        (CheckpointError, FileNotFoundError), judge)  # fmt: skip
 
 
 def test_random_checkpoint_faults_are_caught_naming_the_file(clean, tmp_path):

@@ -15,7 +15,9 @@ from __future__ import annotations
 import collections
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -46,44 +48,72 @@ def _inject(path: Path, fault: str, rng: np.random.Generator) -> None:
         path.write_bytes(bytes(data))
 
 
-def run_trials(clean: Path, work: Path, trials: int, seed: int = 0) -> collections.Counter:
-    rng = np.random.default_rng(seed)
-    original = _read_all(clean, "full")
-    shard_files = sorted(p for p in (clean / "shards").iterdir() if p.name.endswith(FILES))
+def count_trials(
+    clean: Path,
+    work: Path,
+    trials: int,
+    rng: np.random.Generator,
+    draw: Callable[[np.random.Generator], tuple[str, str, str]],
+    load: Callable[[Path, str, str], Any],
+    errors: tuple[type[BaseException], ...],
+    judge: Callable[[Any, str, str, str], str],
+) -> collections.Counter:
+    """The trial loop of both fault-injection suites (shards here, checkpoints in
+    test_checkpoint_faults.py): copy the clean tree, ``draw`` a file, a fault and a label
+    (e.g. the verify mode), inject, ``load``. An error of ``errors`` must name the file (or
+    the file its ``.sha256.json`` guards) in one line; a load is ``judge``d ("harmless",
+    "missed", ...); any other exception is a "traceback"."""
     counts: collections.Counter = collections.Counter()
     for t in range(trials):
         trial = work / f"t{t}"
         shutil.copytree(clean, trial)
-        rel = (["manifest.json"] + [f"shards/{p.name}" for p in shard_files])[
-            int(rng.integers(0, len(shard_files) + 1))
-        ]
-        fault, verify = str(rng.choice(FAULTS)), str(rng.choice(["full", "size", "none"]))
+        rel, fault, label = draw(rng)
+        what = f"{rel} {fault} {label}".rstrip()
         _inject(trial / rel, fault, rng)
         try:
-            got = _read_all(trial, verify)
-        except ShardError as e:
-            named = Path(rel).name in str(e) and "\n" not in str(e)
+            got = load(trial, rel, label)
+        except errors as e:
+            msg, name = str(e), Path(rel).name
+            named = (name in msg or name.removesuffix(".sha256.json") in msg) and "\n" not in msg
             counts["caught" if named else "caught_without_the_file"] += 1
             if not named:
-                print(f"caught without the file: {rel} {fault} {verify}: {e}")
+                print(f"caught without the file: {what}: {e}")
         except Exception as e:  # noqa: BLE001 -- what this test exists to count
             counts["traceback"] += 1
-            print(f"traceback: {rel} {fault} {verify}: {type(e).__name__}: {e}")
+            print(f"traceback: {what}: {type(e).__name__}: {e}")
         else:
-            same = len(got) == len(original) and all(
-                np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
-                for a, b in zip(got, original, strict=True)
-            )
-            in_values = rel.endswith(("ids.bin", "loss.bin")) and fault.startswith("flip")
-            if same:
-                counts["harmless"] += 1
-            elif in_values and verify != "full":
-                counts["undetectable_without_full"] += 1
-            else:
-                counts["missed"] += 1
-                print(f"missed: {rel} {fault} {verify}")
+            key = judge(got, rel, fault, label)
+            counts[key] += 1
+            if key == "missed":
+                print(f"missed: {what}")
         shutil.rmtree(trial)
     return counts
+
+
+def run_trials(clean: Path, work: Path, trials: int, seed: int = 0) -> collections.Counter:
+    original = _read_all(clean, "full")
+    shard_files = sorted(p for p in (clean / "shards").iterdir() if p.name.endswith(FILES))
+    files = ["manifest.json"] + [f"shards/{p.name}" for p in shard_files]
+
+    def draw(rng: np.random.Generator) -> tuple[str, str, str]:
+        rel = files[int(rng.integers(0, len(files)))]
+        return rel, str(rng.choice(FAULTS)), str(rng.choice(["full", "size", "none"]))
+
+    def judge(got: list, rel: str, fault: str, verify: str) -> str:
+        same = len(got) == len(original) and all(
+            np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+            for a, b in zip(got, original, strict=True)
+        )
+        in_values = rel.endswith(("ids.bin", "loss.bin")) and fault.startswith("flip")
+        if same:
+            return "harmless"
+        return "undetectable_without_full" if in_values and verify != "full" else "missed"
+
+    def load(trial: Path, rel: str, verify: str) -> list:
+        return _read_all(trial, verify)
+
+    return count_trials(clean, work, trials, np.random.default_rng(seed), draw, load,
+                        (ShardError,), judge)  # fmt: skip
 
 
 @pytest.fixture(scope="module")

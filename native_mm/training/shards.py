@@ -145,6 +145,11 @@ def _marker_ok(out_dir: Path, index: int, build_key: str) -> dict | None:
     return marker
 
 
+def converted_dir(out_dir: str | Path, source: str | Path) -> Path:
+    """Where a tar, folder, Parquet file or dataset given to ``tokenize`` becomes documents."""
+    return Path(out_dir) / "sources" / Path(source).stem
+
+
 # ---- the tokenize job -----------------------------------------------------------------
 @dataclass
 class _Job:
@@ -264,10 +269,11 @@ def tokenize(
         docs, invalid, input_info = [], [], []
         for path in map(Path, inputs):
             report, source = SkipReport(), path.stem
-            if path.is_dir() or formats.is_foreign(path):  # a tar, folder, Parquet, dataset
+            if formats.converts(path):  # a tar, folder, Parquet file or dataset
                 name = path.name
-                dest = out_dir / "sources" / source
-                path, report = formats.to_documents(path, dest, orders, columns)
+                path, report = formats.to_documents(
+                    path, converted_dir(out_dir, path), orders, columns
+                )
                 log(f"  {name}: {report.documents} samples, "
                     f"{report.skipped} skipped {dict(report.counts)}")  # fmt: skip
                 report.documents = 0  # counted again as the documents file is read

@@ -90,8 +90,6 @@ def main(argv: list[str] | None = None, prog: str = "native-mm tokenize") -> int
     if pre.config:
         p.set_defaults(**recipe(pre.config, {a.dest for a in p._actions}, p.error))
     args = p.parse_args(argv)
-    if not args.inputs:
-        args.inputs = p.get_default("inputs") or []
     for need in ("inputs", "tokenizers", "out"):
         if not getattr(args, need):
             p.error(f"give {need} on the command line or in --config")

@@ -20,7 +20,7 @@ from typing import Any
 from native_mm import inputs as formats
 from native_mm.extras import require
 from native_mm.samples_in import DEFAULT_ORDERS
-from native_mm.training.shards import tokenize
+from native_mm.training.shards import converted_dir, tokenize
 
 
 def _silent(_: str) -> None:  # a worker's log lines would interleave; the merge reports
@@ -58,10 +58,10 @@ def tokenize_on_dask(
         log(f"tokenize: {n} parts on {client.scheduler.address} ({address})")
         # foreign inputs (tars, folders, Parquet, datasets) converted once, one task each;
         # the parts then read the conversions instead of each redoing all of them
-        foreign = [p for p in inputs if Path(p).is_dir() or formats.is_foreign(p)]
+        foreign = [p for p in inputs if formats.converts(p)]
         convert = functools.partial(formats.to_documents, orders=kwargs.get("orders",
                                     DEFAULT_ORDERS), columns=kwargs.get("columns"))  # fmt: skip
-        dests = [str(Path(out) / "sources" / Path(p).stem) for p in foreign]
+        dests = [str(converted_dir(out, p)) for p in foreign]
         for (_, report), p in zip(client.gather(client.map(convert, foreign, dests, pure=False)),
                                   foreign, strict=True):  # fmt: skip
             log(f"  {Path(p).name}: {report.documents} samples, {report.skipped} skipped")
