@@ -248,9 +248,19 @@ def export_main(argv: list[str] | None = None, prog: str = "native-mm export") -
     ap.add_argument("--ckpt", required=True, help="a .ckpt written by native-mm fit (or a .pt)")
     ap.add_argument("--tokenizers", required=True, help="the tokenizer set the model reads")
     ap.add_argument("--out", required=True, help="the model directory to write")
+    ap.add_argument(
+        "--transformers", action="store_true",
+        help="also write OUT/transformers/: the decoder as a Qwen3ForCausalLM "
+        "(LlamaForCausalLM without QK-norm) checkpoint transformers loads",
+    )  # fmt: skip
     args = ap.parse_args(argv)
     tokenizers = TokenizerSet.load(args.tokenizers)
-    out = export_model(load_checkpoint(args.ckpt, tokenizers), args.out, tokenizers.manifest())
+    pretrained = load_checkpoint(args.ckpt, tokenizers)
+    if args.transformers:  # refused (per-head QK-norm gains) before anything is written
+        from native_mm import hf_export
+
+        hf_export.hf_state(pretrained.model)
+    out = export_model(pretrained, args.out, tokenizers.manifest())
     files = "model.safetensors, config.json, vocab.json and their sha256"
     from native_mm import generation_config
 
@@ -258,5 +268,8 @@ def export_main(argv: list[str] | None = None, prog: str = "native-mm export") -
     if found:  # the model's sampling settings travel with it
         generation_config.save(generation_config.load(found), out)
         files += f", {generation_config.FILE}"
+    if args.transformers:
+        hf = hf_export.export_transformers(pretrained.model, out / hf_export.SUBDIR)
+        files += f"; {hf_export.architecture(pretrained.model.config)} in {hf}"
     print(f"exported to {out} ({files})")
     return 0

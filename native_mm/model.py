@@ -26,7 +26,8 @@ Shape legend:
 State dict (plain PyTorch: every Linear is ``nn.Linear(bias=False)``, weight (out, in)):
     wte.weight (V, D) · blocks.{i}.norm1.weight (D) · blocks.{i}.attn.qkv.weight
     ((H + 2G) C, D): queries, keys, values stacked in that order, head-major ·
-    blocks.{i}.attn.qk_norm (H + G, C): per-head RMSNorm gains of queries then keys ·
+    blocks.{i}.attn.qk_norm (H + G, C): per-head RMSNorm gains of queries then keys, or
+    (2, C) with ``qk_norm_shared`` (one for every query head, one for every key head) ·
     blocks.{i}.attn.proj.weight (D, H C) · blocks.{i}.norm2.weight (D) ·
     blocks.{i}.mlp.gate_up.weight (2F, D): gate rows then up rows ·
     blocks.{i}.mlp.proj.weight (D, F) · norm.weight (D) · lm_head.weight (V, D), absent
@@ -63,6 +64,9 @@ class ModelConfig:
     n_kv_head: int | None = None  # key/value heads for GQA (None = n_head, i.e. plain MHA)
     intermediate_size: int | None = None  # SwiGLU hidden size (None = 8/3 D rounded up to 64)
     qk_norm: bool = True  # RMSNorm on each head's queries and keys (Chameleon's stabiliser)
+    # one QK-norm gain shared by all query heads and one by all key heads (Qwen3's layout,
+    # so `native-mm export --transformers` is exact) instead of a gain per head
+    qk_norm_shared: bool = False
     tie_embeddings: bool = False  # share the input embedding with the output projection
     rope_base: float = 10000.0  # rotary embedding base frequency
     norm_eps: float = 1e-5  # RMSNorm epsilon
@@ -225,10 +229,8 @@ class KVCache:
         return self.k.shape[1]
 
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Write k, v ``(B, G, T, C)`` at slots ``[length, length + T)``; return all filled.
-
-        ``length`` itself is advanced by the model once every layer has written.
-        """
+        """Write k, v ``(B, G, T, C)`` at slots ``[length, length + T)``; return all filled
+        (the model advances ``length`` once every layer has written)."""
         start, stop = self.length, self.length + k.shape[2]
         self.k[layer, :, :, start:stop] = k
         self.v[layer, :, :, start:stop] = v
@@ -262,9 +264,10 @@ class Attention(nn.Module):
         self.proj = linear(h * c, config.n_embd)
         self.fast = config.kernels == "auto"
         if config.qk_norm:
-            # Per-head gains for the H query and G key heads (as Chameleon's per-head norm);
-            # one (H+G, C) tensor so queries and keys are normalised in a single call.
-            self.qk_norm = nn.Parameter(torch.ones(h + g, c))
+            # Per-head gains for the H query and G key heads (as Chameleon's per-head norm),
+            # one (H+G, C) tensor so queries and keys are normalised in a single call; shared:
+            # (2, C), expanded to (H+G, C) per call.
+            self.qk_norm = nn.Parameter(torch.ones(2 if config.qk_norm_shared else h + g, c))
 
     def forward(
         self,
@@ -284,7 +287,10 @@ class Attention(nn.Module):
         qkv = self.qkv(x).view(b, t, -1, c).transpose(1, 2).contiguous()  # (B, N, T, C)
         qk, v = qkv.split([h + g, g], dim=1)
         if cfg.qk_norm:
-            qk = rms_norm(qk, self.qk_norm.unsqueeze(1), cfg.norm_eps, self.fast)
+            gains = self.qk_norm
+            if cfg.qk_norm_shared:
+                gains = torch.cat((gains[:1].expand(h, c), gains[1:].expand(g, c)))
+            qk = rms_norm(qk, gains.unsqueeze(1), cfg.norm_eps, self.fast)
         q, k = apply_rope(qk, freqs).split([h, g], dim=1)  # queries and keys rotated together
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, G, S, C)
@@ -377,12 +383,9 @@ class Transformer(nn.Module):
         return n
 
     def flops_per_token(self, seq_len: int) -> float:
-        """Training FLOPs per token (forward + backward), for MFU.
-
-        6 N for the matmul weights (N excludes the embedding lookup, includes lm_head), plus
-        attention scores and weighted sum: 2 matmuls x 2 FLOPs x L x D x T, times 3 for
-        forward + backward = 12 L D T (PaLM, Chowdhery et al. 2022, appendix B).
-        """
+        """Training FLOPs per token (forward + backward), for MFU: 6 N for the matmul weights
+        (N: no embedding lookup, lm_head included) + 12 L D T for attention scores and sums
+        (PaLM, Chowdhery et al. 2022, appendix B)."""
         cfg = self.config
         n = self.num_params(non_embedding=True)
         if cfg.tie_embeddings:  # the tied table is used once as a matmul (lm_head)
@@ -407,11 +410,9 @@ class Transformer(nn.Module):
         return self.head(self.hidden(idx, pad))
 
     def hidden(self, idx: Tensor, pad: Tensor | None = None) -> Tensor:
-        """``forward`` without the output layer: final-normed states ``(B, T, D)``.
-
-        The training loss applies :attr:`head_weight` itself, in row chunks fused with the
-        cross-entropy, so the ``(B, T, V)`` logits are never materialised at once.
-        """
+        """``forward`` without the output layer: final-normed states ``(B, T, D)`` (the
+        training loss applies :attr:`head_weight` itself, in row chunks fused with the
+        cross-entropy, so the ``(B, T, V)`` logits are never materialised at once)."""
         b, t = idx.shape
         if t > self.config.block_size:
             raise ModelConfigError(
@@ -439,10 +440,8 @@ class Transformer(nn.Module):
 
     def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
         """An empty cache on the model's device and dtype (``max_len`` defaults to block_size)."""
-        p = self.wte.weight
-        return KVCache(
-            self.config, batch_size, max_len or self.config.block_size, p.device, p.dtype
-        )
+        p, n = self.wte.weight, max_len or self.config.block_size
+        return KVCache(self.config, batch_size, n, p.device, p.dtype)
 
     def prefill(self, idx: Tensor, cache: KVCache, pad: Tensor | None = None) -> Tensor:
         """Run left-padded prompts through the model, filling an empty cache.
