@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from native_mm import cli_help, kernels
+from native_mm import kernels
 from native_mm.io import (
     load_torch,
     read_json,
@@ -237,39 +237,3 @@ def export_model(pretrained: Pretrained, out_dir: str | Path, manifest: dict) ->
     write_json(out / "config.json", config, checksum=True)
     write_json(out / "vocab.json", manifest, checksum=True)
     return out
-
-
-def export_main(argv: list[str] | None = None, prog: str = "native-mm export") -> int:
-    """``native-mm export --ckpt FILE --tokenizers DIR --out DIR``."""
-
-    from native_mm.tokenizers.base import TokenizerSet
-
-    ap = cli_help.parser(prog, export_model.__doc__.split("\n")[0])
-    ap.add_argument("--ckpt", required=True, help="a .ckpt written by native-mm fit (or a .pt)")
-    ap.add_argument("--tokenizers", required=True, help="the tokenizer set the model reads")
-    ap.add_argument("--out", required=True, help="the model directory to write")
-    ap.add_argument(
-        "--transformers", action="store_true",
-        help="also write OUT/transformers/: the decoder as a Qwen3ForCausalLM "
-        "(LlamaForCausalLM without QK-norm) checkpoint transformers loads",
-    )  # fmt: skip
-    args = ap.parse_args(argv)
-    tokenizers = TokenizerSet.load(args.tokenizers)
-    pretrained = load_checkpoint(args.ckpt, tokenizers)
-    if args.transformers:  # refused (per-head QK-norm gains) before anything is written
-        from native_mm import hf_export
-
-        hf_export.hf_state(pretrained.model)
-    out = export_model(pretrained, args.out, tokenizers.manifest())
-    files = "model.safetensors, config.json, vocab.json and their sha256"
-    from native_mm import generation_config
-
-    found = generation_config.find(args.ckpt)
-    if found:  # the model's sampling settings travel with it
-        generation_config.save(generation_config.load(found), out)
-        files += f", {generation_config.FILE}"
-    if args.transformers:
-        hf = hf_export.export_transformers(pretrained.model, out / hf_export.SUBDIR)
-        files += f"; {hf_export.architecture(pretrained.model.config)} in {hf}"
-    print(f"exported to {out} ({files})")
-    return 0

@@ -58,8 +58,8 @@ VERBS: dict[tuple[str, ...], tuple[str, str]] = {
         "image tokenizer metrics (PSNR, SSIM, codebook usage) as JSON",
     ),
     ("export",): (
-        "native_mm.checkpoint:export_main",
-        "a checkpoint -> a model directory (model.safetensors, config.json, vocab.json)",
+        "native_mm.release:main",
+        "a run or checkpoint -> a self-contained model directory (weights, tokenizers, card)",
     ),
     ("generate",): (
         "native_mm.generate_cli:main",

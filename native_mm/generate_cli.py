@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from native_mm import cli_help
-from native_mm.checkpoint import load_checkpoint
 from native_mm.constraints import OutputSpec, number_problem
 from native_mm.generation import (
     Generation,
@@ -21,7 +20,9 @@ from native_mm.generation import (
     audio_frames_for,
     stream,
 )
+from native_mm.pretrained import DTYPES, load
 from native_mm.prompt_media import IMAGE_FITS, PromptMedia
+from native_mm.release import find_checkpoint
 from native_mm.sampling import MAX_CFG_SCALE, MAX_TEMPERATURE
 from native_mm.tokenizers.base import Waveform
 
@@ -111,6 +112,13 @@ def _settings(args: argparse.Namespace, modality: str | None) -> tuple[dict, int
     return settings, size, source
 
 
+def add_device_options(p: argparse.ArgumentParser) -> None:
+    """--device and --dtype, shared by generate and eval."""
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default: cpu)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+                   help="cast the model's weights (default: as stored, float32)")  # fmt: skip
+
+
 MODEL = "(default: the model's generation_config.json, else {})"
 # flag, parser type, default (None: from the model), help line
 SAMPLING_OPTIONS = [
@@ -131,8 +139,11 @@ SAMPLING_OPTIONS = [
 def main(argv: list[str] | None = None, prog: str = "native-mm generate") -> int:
     """``native-mm generate``: prompt segments in (in command-line order), files out."""
     p = cli_help.parser(prog, main.__doc__)
-    p.add_argument("--ckpt", required=True, help="model checkpoint (.ckpt from fit, or plain)")
-    p.add_argument("--tokenizers", required=True, help="tokenizer set directory")
+    p.add_argument("--ckpt", required=True, help="a model directory (native-mm export), a "
+                   "run directory or a checkpoint (.ckpt from fit, or plain)")  # fmt: skip
+    p.add_argument("--tokenizers", help="tokenizer set directory (default: the model's own "
+                   "tokenizers/, or the run's)")  # fmt: skip
+    add_device_options(p)
     for kind in ("text", "image", "audio"):
         what = "the text" if kind == "text" else f"path of an {kind} file"
         p.add_argument(
@@ -173,10 +184,8 @@ def main(argv: list[str] | None = None, prog: str = "native-mm generate") -> int
         p.add_argument(flag, type=kind, default=default, help=text)
     p.add_argument("--out", required=True, help="directory for the .txt/.png/.wav outputs")
     args = p.parse_args(argv)
-    from native_mm.tokenizers.base import TokenizerSet
-
-    tokenizers = TokenizerSet.load(args.tokenizers)
-    lm = load_checkpoint(args.ckpt, tokenizers)
+    args.ckpt = find_checkpoint(args.ckpt)
+    lm, tokenizers = load(args.ckpt, args.tokenizers, args.device, args.dtype)
     modality = None if args.output_modality == "any" else args.output_modality
     frames = None
     if args.audio_seconds is not None:

@@ -52,6 +52,7 @@ from native_mm.model import Transformer
 from native_mm.prompt_media import (
     PromptError,
     PromptMedia,
+    as_segment,
     audio_seconds,
     check_audio_fits,
     fit_image,
@@ -347,7 +348,9 @@ class Generation:
 
 
 def _segment_kind_value(seg: Any, k: int) -> tuple[str, Any]:
-    """A Segment, a ``(kind, value)`` pair or a ``{kind: value}`` dict -> (kind, value)."""
+    """A Segment, a ``(kind, value)`` pair, a ``{kind: value}`` dict or a bare item
+    (:func:`~native_mm.prompt_media.as_segment`) -> (kind, value)."""
+    seg = as_segment(seg, k)
     if hasattr(seg, "kind") and hasattr(seg, "value"):
         return seg.kind, seg.value
     if isinstance(seg, dict):

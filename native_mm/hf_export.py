@@ -32,7 +32,7 @@ from native_mm.io import write_bytes, write_json
 from native_mm.model import ModelConfig, Transformer
 from native_mm.vocab import BOS, EOS, PAD
 
-SUBDIR = "transformers"  # where export_main --transformers writes, inside the model directory
+SUBDIR = "transformers"  # where `native-mm export --transformers` writes, in the model dir
 
 
 class ExportError(ValueError):

@@ -183,3 +183,39 @@ def check_audio_fits(seconds: float, tokenizer: Any, frames: Any, room: int, whe
             f"{where}: {seconds:.2f} s of audio is {tokens} tokens, but the model's context "
             f"has room for {room} here: at most {most:.2f} s of audio"
         )
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp")
+AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg")
+
+
+def as_segment(item: Any, k: int) -> Any:
+    """One prompt item -> a ``(kind, value)`` segment: a string is text, a PIL image an
+    image, a Waveform or ``(samples, sample_rate)`` audio, a path by its suffix; a pair or a
+    ``{kind: value}`` dict passes through."""
+    from PIL import Image
+
+    from native_mm.tokenizers.base import Waveform
+
+    if isinstance(item, str):
+        return ("text", item)
+    if isinstance(item, Image.Image):
+        return ("image", item)
+    if isinstance(item, Waveform):
+        return ("audio", item)
+    if isinstance(item, Path):
+        suffix = item.suffix.lower()
+        if suffix in IMAGE_SUFFIXES + AUDIO_SUFFIXES:
+            return ("image" if suffix in IMAGE_SUFFIXES else "audio", item)
+        raise PromptError(f"prompt item {k} ({item}): not an image or audio file suffix")
+    if isinstance(item, tuple) and len(item) == 2 and not isinstance(item[0], str):
+        samples, rate = item
+        if hasattr(samples, "detach"):  # a torch tensor
+            samples = samples.detach().cpu().numpy()
+        samples = np.asarray(samples, dtype=np.float32)
+        if samples.ndim not in (1, 2) or not isinstance(rate, (int, np.integer)) or rate < 1:
+            raise PromptError(
+                f"prompt item {k}: audio must be (samples (N,) or (C, N), sample_rate in Hz)"
+            )
+        return ("audio", Waveform(np.atleast_2d(samples), int(rate)))
+    return item  # (kind, value) pairs, {kind: value} dicts, Segments: generation reads them

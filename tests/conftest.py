@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import lightning.pytorch  # noqa: F401
 import pytest
 
 from tests import bad_inputs
 from tests.reliability_common import _tiny_checkpoint, tiny_tokenizer_set
 
+# Lightning gives its logger a handler on sys.stderr when first imported; imported here,
+# that is the session's stream, not a test's captured one that closes after the test
+# (which made "--- Logging error ---" in later tests when a module ran alone).
 ROOT = Path(__file__).resolve().parents[1]
 TEXT_SAMPLE = ROOT / "tokenizers" / "text" / "corpus" / "sample.txt"
 

@@ -15,21 +15,26 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def tutorial_commands() -> list[str]:
+def readme_block(section: str, language: str = "bash") -> str:
     text = (REPO / "README.md").read_text()
-    section = text[text.index("## Train on your own data") :]
-    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    return re.search(f"```{language}\n(.*?)```", text[text.index(section) :], re.S).group(1)
+
+
+def tutorial_commands(section: str = "## Train on your own data") -> list[str]:
+    block = readme_block(section)
     return [line for line in block.splitlines() if line.strip() and not line.startswith("#")]
 
 
 def test_the_tutorial_runs_as_written(tmp_path):
-    commands = tutorial_commands()
+    commands, release = tutorial_commands(), tutorial_commands("## Release a model")
     assert [shlex.split(c)[:2] for c in commands] == [
         ["native-mm", "tokenizer"]] * 4 + [["native-mm", "tokenize"], ["native-mm", "fit"]] + [
         ["native-mm", "generate"]] * 2  # fmt: skip
+    assert [shlex.split(c)[:2] for c in release] == [["native-mm", "export"],
+                                                    ["native-mm", "generate"]]  # fmt: skip
     (tmp_path / "examples").symlink_to(REPO / "examples")  # the commands' relative paths
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    for cmd in commands:
+    for cmd in commands + release:
         run = subprocess.run(shlex.split(cmd), cwd=tmp_path, env=env, capture_output=True,
                              text=True, timeout=600)  # fmt: skip
         assert run.returncode == 0, f"{cmd}\n{run.stderr[-3000:]}"
@@ -39,3 +44,15 @@ def test_the_tutorial_runs_as_written(tmp_path):
     assert manifest["sources"]["speech"]["documents"] == 16
     assert json.loads((own / "shards/skipped.json").read_text())["count"] == 0
     assert list((own / "gen").glob("*.png")) and list((own / "gen").glob("*.txt"))
+    # "Release a model": the directory alone draws what the checkpoint drew (same seed)
+    model = own / "model"
+    assert {"model.safetensors", "tokenizers", "README.md", "transformers"} <= {
+        p.name for p in model.iterdir()}  # fmt: skip
+    drawn = (own / "gen" / "sample0_0.png").read_bytes()
+    assert (own / "gen_model" / "sample0_0.png").read_bytes() == drawn
+    code = readme_block("## Release a model", "python")
+    python = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert python.returncode == 0, python.stderr[-3000:]
+    assert (own / "flower.png").read_bytes() == drawn  # the API, seed 0: the same image
+    assert python.stdout.strip().startswith("[")  # the outputs list, printed

@@ -363,9 +363,14 @@ def read_result(path: str | Path) -> dict:
 
 def main(argv: list[str] | None = None, prog: str = "native-mm eval") -> int:
     """``native-mm eval --ckpt CKPT --tokenizers DIR --out DIR [options]``."""
+    from native_mm.generate_cli import add_device_options
+
     p = cli_help.parser(prog, __doc__)
-    p.add_argument("--ckpt", required=True, help="model checkpoint (.ckpt from fit)")
-    p.add_argument("--tokenizers", required=True, help="tokenizer set directory")
+    p.add_argument("--ckpt", required=True, help="a model directory (native-mm export), a "
+                   "run directory or a checkpoint (.ckpt from fit)")  # fmt: skip
+    p.add_argument("--tokenizers", help="tokenizer set directory (default: the model's own "
+                   "tokenizers/, or the run's)")  # fmt: skip
+    add_device_options(p)
     p.add_argument("--out", required=True, help="directory for eval.json/md, grids, WAVs")
     p.add_argument("--audio-root", default=None, help="spoken digits dir (default: committed)")
     p.add_argument("--config", default=None,
@@ -389,7 +394,8 @@ def main(argv: list[str] | None = None, prog: str = "native-mm eval") -> int:
         audio_root = audio_root or recipe_root
     else:
         cfg = EvalConfig(**overrides)
-    result = evaluate_checkpoint(args.ckpt, args.tokenizers, args.out, cfg, audio_root)
+    result = evaluate_checkpoint(args.ckpt, args.tokenizers, args.out, cfg, audio_root,
+                                 device=args.device, dtype=args.dtype)  # fmt: skip
     print(markdown_table(result))
     print(f"saved to {args.out}/eval.json ({result['seconds']}s)", file=sys.stderr)
     return 0
@@ -409,14 +415,16 @@ def _make_out_dir(out: str | Path) -> None:
 
 
 def evaluate_checkpoint(
-    ckpt: str | Path, tokenizers_dir: str | Path, out: str | Path, cfg: EvalConfig,
-    audio_root: str | None = None, progress: bool = True,
+    ckpt: str | Path, tokenizers_dir: str | Path | None, out: str | Path, cfg: EvalConfig,
+    audio_root: str | None = None, progress: bool = True, device: str = "cpu",
+    dtype: str | None = None,
 ) -> dict:  # fmt: skip
-    """Load the checkpoint and tokenizers, evaluate every direction, save into ``out``."""
+    """Load the checkpoint (or model / run directory) and tokenizers (None: its own),
+    evaluate every direction, save into ``out``."""
     import torch
 
-    from native_mm.checkpoint import load_checkpoint
-    from native_mm.tokenizers.base import TokenizerSet
+    from native_mm.pretrained import load
+    from native_mm.release import find_checkpoint
 
     t0 = time.perf_counter()
     if cfg.threads:
@@ -424,8 +432,8 @@ def evaluate_checkpoint(
     # Everything a user can get wrong is checked before the minutes of generation:
     # the output directory, the tokenizer set, the checkpoint and their match.
     _make_out_dir(out)
-    tokenizers = TokenizerSet.load(tokenizers_dir)
-    lm = load_checkpoint(ckpt, tokenizers)  # with the layout the model was trained on
+    # with the layout the model was trained on
+    lm, tokenizers = load(find_checkpoint(ckpt), tokenizers_dir, device, dtype)
     judges = Judges(audio_root)
     own = judges.own_accuracy(cfg, audio_root)
     if progress:
