@@ -109,8 +109,11 @@ def _read(path: Path, map_location: str) -> dict:
     return ckpt if isinstance(ckpt, dict) else {}
 
 
-def _check_tokenizers(path: Path, manifest: dict, vocab: Vocab, tokenizers: Any) -> None:
-    """``tokenizers``: a TokenizerSet or a vocabulary manifest (e.g. a shard set's)."""
+def _check_tokenizers(
+    path: Path, manifest: dict, vocab: Vocab, tokenizers: Any, grow: bool = False
+) -> Vocab:
+    """``tokenizers``: a TokenizerSet or a vocabulary manifest (e.g. a shard set's);
+    ``grow``: it may add specials to the checkpoint's vocabulary. Returns its vocabulary."""
     if isinstance(tokenizers, dict):
         want, fingerprints = Vocab.from_manifest(tokenizers), tokenizers.get("fingerprints", {})
     else:
@@ -119,10 +122,25 @@ def _check_tokenizers(path: Path, manifest: dict, vocab: Vocab, tokenizers: Any)
         check_fingerprints(manifest, fingerprints, source=str(path))
     except VocabError as e:
         raise CheckpointError(str(e)) from None
-    if want != vocab:
+    if want != vocab and not (grow and vocab.grows_into(want)):
         raise CheckpointError(
             f"{path}: the checkpoint's vocabulary {vocab} differs from the tokenizer set's {want}"
         )
+    return want
+
+
+def _grown(state: dict, model: Transformer, old: int, new: int) -> dict:
+    """Embedding and output rows for ids ``[old, new)`` (added specials): the old rows kept
+    bit for bit, each new row the mean of the old ones (Hewitt 2021: a new token starts
+    where the model's average token is, not at a random or a padding row)."""
+    fresh = model.state_dict()
+    for key in ("wte.weight", "lm_head.weight"):
+        if key in state:
+            rows = fresh[key].detach().clone()
+            rows[:old] = state[key][:old]
+            rows[old:new] = state[key][:old].mean(0)
+            state[key] = rows
+    return state
 
 
 def load_checkpoint(
@@ -175,7 +193,8 @@ def load_checkpoint(
 def init_weights(model: Transformer, path: str | Path, manifest: dict) -> int | None:
     """Start ``model`` from the weights of a checkpoint or model directory (a new training
     stage: nothing but the weights is taken). ``manifest``: the vocabulary of the new
-    run's data, which must be the checkpoint's; returns the steps the weights had.
+    run's data, which must be the checkpoint's, or the checkpoint's plus added specials
+    (the model grows into them: :func:`_grown`); returns the steps the weights had.
 
     Raises:
         CheckpointError: not a native-mm checkpoint, another vocabulary or tokenizers,
@@ -191,9 +210,12 @@ def init_weights(model: Transformer, path: str | Path, manifest: dict) -> int | 
         vocab = Vocab.from_manifest(stored, source=f"{path} manifest")
     except VocabError as e:
         raise CheckpointError(f"{path}: {e}") from None
-    _check_tokenizers(path, stored, vocab, manifest)
+    want = _check_tokenizers(path, stored, vocab, manifest, grow=True)
+    state = model_state(ckpt)
+    if want.size != vocab.size and "wte.weight" in state:
+        state = _grown(state, model, vocab.size, want.size)
     try:
-        model.load_state_dict(model_state(ckpt))
+        model.load_state_dict(state)
     except RuntimeError as e:
         why = " ".join(str(e).split())[:300]
         raise CheckpointError(

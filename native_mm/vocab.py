@@ -14,6 +14,7 @@ layer (tokenizers, model, training, generation) may depend on it.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -67,6 +68,9 @@ class Vocab:
         audio_codes: codes per audio RVQ level (0 = no audio tokenizer).
         audio_levels: number of RVQ levels that get their own range.
         image_max_grid: largest image grid side (in codes) that shape tokens can express.
+        added: special tokens added after training began (e.g. chat role markers), in an
+            ``added`` range after every other one, so no earlier id moves and a model
+            grows into them (:meth:`grows_into`).
     """
 
     text_size: int
@@ -75,6 +79,7 @@ class Vocab:
     audio_levels: int = 0
     image_max_grid: int = 64
     specials: tuple[str, ...] = SPECIALS
+    added: tuple[str, ...] = ()
     ranges: dict[str, Range] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -92,12 +97,19 @@ class Vocab:
             raise VocabError(f"vocab: duplicate special tokens in {self.specials}")
         if tuple(self.specials[: len(SPECIALS)]) != SPECIALS:
             raise VocabError("vocab: the first specials must be the fixed SPECIALS in order")
+        names = [*self.specials, *self.added]
+        bad = [a for a in self.added if not (a.startswith("<") and a.endswith(">") and len(a) > 2)]
+        if bad or len(set(names)) != len(names):
+            raise VocabError(f"vocab: added specials {list(self.added)} must be new, unique "
+                             "names written <like_this>")  # fmt: skip
         sizes = [
             ("special", len(self.specials)),
             ("text", self.text_size),
             ("image_grid", self.image_max_grid if self.image_codes else 0),
             ("image", self.image_codes),
         ] + [(f"audio{q}", self.audio_codes) for q in range(self.audio_levels)]
+        if self.added:
+            sizes.append(("added", len(self.added)))
         ranges, start = {}, 0
         for name, size in sizes:
             ranges[name] = Range(name, start, size)
@@ -131,16 +143,28 @@ class Vocab:
         """A human name for an id, for error messages ("<eoi>", "image id 300")."""
         if 0 <= token < len(self.specials):
             return self.specials[token]
+        if self.added and token in self.ranges["added"]:
+            return self.added[token - self.ranges["added"].start]
         for r in self.ranges.values():
             if token in r:
                 return f"{r.name} id {token}"
         return f"id {token}"
 
     def special_id(self, token: str) -> int:
+        if token in self.added:
+            return self.ranges["added"].start + self.added.index(token)
         try:
             return self.specials.index(token)
         except ValueError:
             raise VocabError(f"vocab: unknown special token {token!r}") from None
+
+    def grows_into(self, other: Vocab) -> bool:
+        """True when ``other`` is this vocabulary plus more added specials: every id of
+        this one means the same there (a model trained here can start there)."""
+        n = len(self.added)
+        return (
+            other.added[:n] == self.added and dataclasses.replace(other, added=self.added) == self
+        )
 
     @property
     def dtype(self) -> np.dtype:
@@ -160,7 +184,7 @@ class Vocab:
 
     @staticmethod
     def _modality_of_range(name: str) -> int:
-        if name == "special":
+        if name in ("special", "added"):
             return SPECIAL
         if name == "text":
             return TEXT
@@ -189,6 +213,7 @@ class Vocab:
                 "image_max_grid": self.image_max_grid,
             },
             "specials": list(self.specials),
+            **({"added": list(self.added)} if self.added else {}),
             "ranges": {n: [r.start, r.size] for n, r in self.ranges.items()},
             "size": self.size,
             "fingerprints": dict(sorted((fingerprints or {}).items())),
@@ -203,7 +228,8 @@ class Vocab:
                     f"{source}: manifest version {manifest.get('version')!r}, "
                     f"expected {MANIFEST_VERSION}"
                 )
-            vocab = cls(**manifest["sizes"], specials=tuple(manifest["specials"]))
+            vocab = cls(**manifest["sizes"], specials=tuple(manifest["specials"]),
+                        added=tuple(manifest.get("added", ())))  # fmt: skip
             stored = {n: tuple(v) for n, v in manifest["ranges"].items()}
         except (KeyError, TypeError) as e:
             raise VocabError(f"{source}: malformed vocabulary manifest ({e!r})") from None

@@ -116,3 +116,21 @@ def test_a_model_trains_on_a_single_media_set(parts, tmp_path, capsys, media):
     assert held["text"] > 0 and all((held[m] > 0) == (m == media) for m in ("image", "audio"))
     assert cli(fit_args(shards, tmp_path / "run", 2)) == 0
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_add_specials_to_an_existing_set(parts, tmp_path, capsys):
+    """--from SET --add-specials: the same tokenizers (fingerprints), every old id kept,
+    the new specials after them; added twice, they accumulate in order."""
+    base = tmp_path / "base"
+    args = ["--text", str(parts / "text"), "--image", str(parts / "image")]
+    assert cli(["tokenizer", "set", *args, "--image-max-grid", "8", "--out", str(base)]) == 0
+    assert cli(["tokenizer", "set", "--from", str(base), "--add-specials", "<user>, <assistant>",
+                "--out", str(tmp_path / "chat")]) == 0  # fmt: skip
+    assert cli(["tokenizer", "set", "--from", str(tmp_path / "chat"), "--add-specials", "<eot>",
+                "--out", str(tmp_path / "chat2")]) == 0  # fmt: skip
+    old, new = TokenizerSet.load(base), TokenizerSet.load(tmp_path / "chat2")
+    assert new.fingerprints() == old.fingerprints() and new.vocab.image_max_grid == 8
+    assert new.vocab.added == ("<user>", "<assistant>", "<eot>") and old.vocab.grows_into(new.vocab)
+    assert cli(["tokenizer", "set", "--from", str(base), "--add-specials", "<eos>",
+                "--out", str(tmp_path / "bad")]) == 1  # fmt: skip
+    assert "added specials" in capsys.readouterr().err

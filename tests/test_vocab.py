@@ -95,3 +95,20 @@ def test_tokenizer_set_manifest_records_fingerprints(tmp_path):
     assert m["sizes"]["audio_levels"] == 3
     assert m["fingerprints"] == tset.fingerprints()
     assert m["size"] == 16 + 256 + 8 + 128 + 3 * 64
+
+
+def test_added_specials_come_last_and_move_no_id():
+    """Specials added for a later stage (chat role markers) take ids after every range, so
+    a model trained without them keeps every id's meaning and grows into them."""
+    v = Vocab(text_size=300, image_codes=64, audio_codes=32, audio_levels=2)
+    g = Vocab(300, 64, 32, 2, added=("<user>", "<assistant>"))
+    assert {n: r for n, r in g.ranges.items() if n != "added"} == v.ranges
+    assert g.size == v.size + 2 and g.special_id("<assistant>") == v.size + 1
+    assert g.describe(v.size) == "<user>" and MODALITIES[g.modality_of([v.size])[0]] == "special"
+    assert v.grows_into(g) and not g.grows_into(v) and v.grows_into(v)
+    assert not Vocab(301).grows_into(Vocab(300, added=("<user>",)))
+    assert Vocab.from_manifest(json.loads(json.dumps(g.to_manifest()))) == g
+    assert "added" not in v.to_manifest()  # older manifests and digests stay as they were
+    for bad in (("<user>", "<user>"), ("<eos>",), ("user",)):
+        with pytest.raises(VocabError, match="added specials"):
+            Vocab(10, added=bad)

@@ -194,6 +194,7 @@ class TokenizerSet:
         image: Tokenizer | None = None,
         audio: Tokenizer | None = None,
         image_max_grid: int = 64,
+        added: tuple[str, ...] = (),
     ) -> None:
         self.text, self.image, self.audio = text, image, audio
         self.vocab = Vocab(
@@ -202,6 +203,7 @@ class TokenizerSet:
             audio_codes=audio.codebook_size if audio else 0,
             audio_levels=audio.n_levels if audio else 0,
             image_max_grid=image_max_grid,
+            added=tuple(added),  # special tokens added for a later stage (vocab.Vocab.added)
         )
 
     def items(self) -> list[tuple[str, Tokenizer]]:
@@ -243,7 +245,7 @@ class TokenizerSet:
                 toks[modality] = tokenizer_class(modality).load(directory / modality)
         if "text" not in toks:
             raise VocabError(f"{directory}: tokenizer set has no text/ tokenizer")
-        tset = cls(**toks, image_max_grid=vocab.image_max_grid)
+        tset = cls(**toks, image_max_grid=vocab.image_max_grid, added=vocab.added)
         check_fingerprints(manifest, tset.fingerprints(), source=str(directory / "manifest.json"))
         if tset.vocab != vocab:
             raise VocabError(

@@ -60,6 +60,7 @@ def build(
     audio: str | None = None,
     image_max_grid: int = 64,
     audio_levels: int | None = None,
+    added: tuple[str, ...] = (),
 ) -> TokenizerSet:
     """Load the named tokenizers, check them, and save the set into ``out``."""
     toks = {"text": load_tokenizer("text", text)}
@@ -67,7 +68,7 @@ def build(
         toks["image"] = load_tokenizer("image", image)
     if audio:
         toks["audio"] = load_tokenizer("audio", audio, audio_levels)
-    tset = TokenizerSet(**toks, image_max_grid=image_max_grid)
+    tset = TokenizerSet(**toks, image_max_grid=image_max_grid, added=added)
     out = Path(out)
     if (out / "manifest.json").exists():
         raise VocabError(f"{out}: holds a tokenizer set already; choose another --out")
@@ -77,7 +78,14 @@ def build(
 
 def main(argv: list[str] | None = None, prog: str = "native-mm tokenizer set") -> int:
     ap = cli_help.parser(prog, __doc__.split("\n")[0].split(": ", 1)[1])
-    ap.add_argument("--text", required=True, help="the text tokenizer's directory")
+    ap.add_argument(
+        "--from",
+        dest="base",
+        metavar="SET",
+        help="an existing tokenizer set: its tokenizers, grid and added specials, "
+        "to add specials to (--add-specials)",
+    )
+    ap.add_argument("--text", help="the text tokenizer's directory (required without --from)")
     ap.add_argument(
         "--image",
         help="an image tokenizer's directory, or llamagen:PATH for LlamaGen's pretrained VQ "
@@ -96,10 +104,26 @@ def main(argv: list[str] | None = None, prog: str = "native-mm tokenizer set") -
     ap.add_argument(
         "--image-max-grid", type=int, default=64, help="largest image grid side, in codes"
     )
+    ap.add_argument(
+        "--add-specials",
+        default="",
+        metavar="'<user>,<assistant>'",
+        help="special tokens to add after every other id (e.g. chat role markers "
+        "for a second stage; a model trained without them grows into them)",
+    )
     ap.add_argument("--out", required=True, help="the directory to write the set into")
     a = ap.parse_args(argv)
+    added = tuple(t.strip() for t in a.add_specials.split(",") if t.strip())
+    if a.base:
+        base = TokenizerSet.load(a.base)
+        for kind in ("text", "image", "audio"):
+            if getattr(a, kind) is None and getattr(base, kind) is not None:
+                setattr(a, kind, str(Path(a.base) / kind))
+        a.image_max_grid, added = base.vocab.image_max_grid, base.vocab.added + added
+    if a.text is None:
+        ap.error("--text (or --from SET) is required")
     if a.image_max_grid < 1 or (a.audio_levels is not None and a.audio_levels < 1):
         ap.error("--image-max-grid and --audio-levels must be >= 1")
-    tset = build(a.out, a.text, a.image, a.audio, a.image_max_grid, a.audio_levels)
+    tset = build(a.out, a.text, a.image, a.audio, a.image_max_grid, a.audio_levels, added)
     print(f"tokenizer set -> {a.out}: {tset.vocab.summary()}")
     return 0
