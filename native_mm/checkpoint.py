@@ -1,7 +1,7 @@
 """Checkpoints: load, save and export a model with the vocabulary and layouts it was trained
 on. The one place that reads model files; no Lightning needed.
 
-Three forms are read by :func:`load_checkpoint`:
+Four forms are read by :func:`load_checkpoint`:
 
 * the training checkpoint ``native-mm fit`` writes (Lightning ``.ckpt``: ``model_config``,
   ``vocab_manifest``, ``layout`` and a ``state_dict`` whose keys start with ``model.``);
@@ -9,7 +9,11 @@ Three forms are read by :func:`load_checkpoint`:
 * the model directory :func:`export_model` writes: ``model.safetensors`` (PyTorch's
   standard names and ``nn.Linear`` layout, see :mod:`native_mm.model`), ``config.json``
   (model config, layout) and ``vocab.json`` (the tokenizer set's manifest), each with its
-  sha256 in ``NAME.sha256.json`` beside it (checked on load when present).
+  sha256 in ``NAME.sha256.json`` beside it (checked on load when present);
+* the sharded checkpoint FSDP writes (``strategy.state_dict_type: sharded``: a directory of
+  ``torch.distributed.checkpoint`` files, one per rank, and Lightning's ``meta.pt``),
+  consolidated in memory into the full weights (:func:`_read_sharded`). Its ``.metadata``
+  file is a pickle: consolidate only checkpoints your own runs wrote.
 
 Every problem a user can cause (a missing, corrupt or foreign file, weights that do not
 fit the config, another tokenizer set, an impossible layout) is a :class:`CheckpointError`
@@ -41,6 +45,7 @@ from native_mm.vocab import Vocab, VocabError, check_fingerprints
 # written before this key existed stored them (in, out) and are transposed on load.
 WEIGHT_LAYOUT = "nn.Linear"
 EXPORT_FORMAT = "native-mm/1"
+SHARDED_META = "meta.pt"  # Lightning's file of a sharded checkpoint's non-tensor state
 _LINEAR_SUFFIXES = ("attn.qkv.weight", "attn.proj.weight", "mlp.gate_up.weight",
                     "mlp.proj.weight", "lm_head.weight")  # fmt: skip
 
@@ -75,8 +80,28 @@ def model_state(ckpt: dict) -> dict:
     return state
 
 
+def _read_sharded(path: Path, map_location: str) -> dict:
+    """A sharded FSDP checkpoint -> the training checkpoint's dict with the full weights
+    (gathered from every rank's file; the optimizer state is not read)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException  # a BaseException
+
+    try:
+        meta = load_torch(path / SHARDED_META, map_location=map_location)
+        config = ModelConfig.from_dict(meta["model_config"], source=str(path / SHARDED_META))
+        state = {f"model.{k}": v for k, v in Transformer(config).state_dict().items()}
+        dcp.load({"model": state}, checkpoint_id=str(path), no_dist=True)  # fills in place
+    except (ValueError, KeyError, TypeError, RuntimeError, OSError, CheckpointException) as e:
+        why = " ".join(str(e).split())[-300:]  # a rank's traceback ends with its error
+        msg = f"{path}: cannot consolidate the sharded checkpoint: {why}"
+        raise CheckpointError(msg) from None
+    return {**meta, "state_dict": state}
+
+
 def _read(path: Path, map_location: str) -> dict:
     """A checkpoint file or export directory -> one dict of the training checkpoint's shape."""
+    if path.is_dir() and (path / SHARDED_META).is_file():
+        return _read_sharded(path, map_location)
     if path.is_dir():
         from safetensors import SafetensorError
         from safetensors.torch import load

@@ -127,7 +127,8 @@ class DecodeConstraint:
         text_r, img_r = v.ranges["text"], v.ranges["image"]
         self.t0, self.t1 = text_r.start, text_r.stop
         base[TEXT_STATE, text_r.start : text_r.stop] = True
-        base[TEXT_STATE, EOS] = True
+        self.stops = sorted({EOS, *(t for t in spec.stop_tokens if 0 <= t < v.size)})
+        base[TEXT_STATE, self.stops] = True  # <eos>, or e.g. a chat turn's <eot>
         self.open_image = bool(v.image_codes) and spec.modality in (None, "image")
         self.open_audio = bool(self.q) and spec.modality in (None, "audio")
         base[TEXT_STATE, BOI] = self.open_image
@@ -189,7 +190,8 @@ class DecodeConstraint:
         if TEXT_STATE in present and budget < self.min_audio_span:
             mask[text, BOA] = False
         if TEXT_STATE in present and self.spec.modality == "text":
-            mask[text & (self.text_out == 0), EOS] = False  # a forced text answer is not empty
+            empty = torch.nonzero(text & (self.text_out == 0)).flatten()
+            mask[empty[:, None], self.stops] = False  # a forced text answer is not empty
         if present & {IMG_H, IMG_W, IMG_CODES}:
             self._image_rows(mask, budget)
         if AUDIO_STATE in present:

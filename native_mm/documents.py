@@ -9,6 +9,11 @@ One document per line::
 - ``segments``: a non-empty list; each segment has exactly one kind key (``text``,
   ``image`` or ``audio``) and optionally ``"loss": false`` (the segment is context only:
   no loss on its tokens). Other top-level keys are allowed and ignored (metadata).
+- Instead of ``segments``, a conversation has ``turns``: ``[{"role": "user", "segments":
+  [...]}, {"role": "assistant", "segments": [...]}, ...]``. It becomes the turn template
+  ``<user> ... <eot> <assistant> ... <eot> ...`` (the specials of
+  :data:`native_mm.vocab.CHAT_SPECIALS`, which the tokenizer set must hold), with the loss
+  on the assistant's turns only: their segments and the ``<eot>`` that ends each.
 - Media paths are relative to the directory holding the JSONL file (the corpus root).
   Absolute paths, ``..`` escapes and symlinks resolving outside the root are refused,
   so a corpus cannot make the pipeline read arbitrary files.
@@ -32,6 +37,8 @@ from native_mm import cli_help
 
 SEGMENT_KINDS: tuple[str, ...] = ("text", "image", "audio")
 MEDIA_KINDS: tuple[str, ...] = ("image", "audio")
+ROLES: tuple[str, ...] = ("user", "assistant")
+EOT = "<eot>"  # ends every turn (vocab.CHAT_SPECIALS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,8 +46,9 @@ class Segment:
     """One span of a document.
 
     Args:
-        kind: "text", "image" or "audio".
-        value: the text itself, or the resolved (absolute) path of the media file.
+        kind: "text", "image", "audio", or "special" (a turn's role marker or ``<eot>``).
+        value: the text itself, the resolved (absolute) path of the media file, or the
+            special token's name.
         loss: False when the segment is context only (its tokens get no loss).
     """
 
@@ -165,17 +173,15 @@ class _Validator:
                 line, None, f"expected a JSON object, got {type(obj).__name__}", "not_an_object"
             )
         doc_id = self.check_id(obj, line)
-        if "segments" not in obj:
+        if "turns" in obj and "segments" in obj:
+            raise self.error(line, "turns", "a document has segments or turns, not both",
+                             "bad_turns")  # fmt: skip
+        if "turns" in obj:
+            segments = self.turns(obj["turns"], line)
+        elif "segments" not in obj:
             raise self.error(line, "segments", "missing required field", "missing_field")
-        raw_segments = obj["segments"]
-        if not isinstance(raw_segments, list):
-            raise self.error(
-                line,
-                "segments",
-                f"expected a list, got {type(raw_segments).__name__}",
-                "bad_segments",
-            )
-        segments = [self.segment(s, line, f"segments[{i}]") for i, s in enumerate(raw_segments)]
+        else:
+            segments = self.segments(obj["segments"], line, "segments")
         if not segments or all(s.kind == "text" and not s.value for s in segments):
             raise self.error(
                 line, "segments", "empty document (no segments with content)", "empty_document"
@@ -189,6 +195,32 @@ class _Validator:
             )
         self.seen[doc_id] = line
         return Document(id=doc_id, segments=segments, source=f"{self.path}:{line}")
+
+    def segments(self, raw: Any, line: int, field: str) -> list[Segment]:
+        if not isinstance(raw, list):
+            raise self.error(line, field, f"expected a list, got {type(raw).__name__}",
+                             "bad_segments")  # fmt: skip
+        return [self.segment(s, line, f"{field}[{i}]") for i, s in enumerate(raw)]
+
+    def turns(self, raw: Any, line: int) -> list[Segment]:
+        """A conversation -> the turn template's segments, loss on the assistant's turns."""
+        if not isinstance(raw, list) or not raw:
+            raise self.error(line, "turns", "expected a non-empty list of turns", "bad_turns")
+        out = []
+        for i, turn in enumerate(raw):
+            field = f"turns[{i}]"
+            role = turn.get("role") if isinstance(turn, dict) else None
+            if role not in ROLES:
+                raise self.error(line, f"{field}.role", f"must be one of {list(ROLES)}, got "
+                                 f"{role!r}", "bad_turns")  # fmt: skip
+            segs = self.segments(turn.get("segments"), line, f"{field}.segments")
+            mine = role == "assistant"  # the model's own words: the only training targets
+            out.append(Segment("special", f"<{role}>", loss=False))
+            out += [dataclasses.replace(s, loss=mine and s.loss) for s in segs]
+            out.append(Segment("special", EOT, loss=mine))
+        if not any(s.value == "<assistant>" for s in out):
+            raise self.error(line, "turns", "no assistant turn (nothing to learn)", "bad_turns")
+        return out
 
     def check_id(self, obj: dict, line: int) -> str:
         if "id" not in obj:

@@ -52,10 +52,11 @@ from native_mm.model import Transformer
 from native_mm.prompt_media import (
     PromptError,
     PromptMedia,
-    as_segment,
+    added_special,
     audio_seconds,
     check_audio_fits,
     fit_image,
+    kind_and_value,
     path_problem,
 )
 from native_mm.sampling import SamplingConfig, sample_next
@@ -347,22 +348,6 @@ class Generation:
     finish_reason: str
 
 
-def _segment_kind_value(seg: Any, k: int) -> tuple[str, Any]:
-    """A Segment, a ``(kind, value)`` pair, a ``{kind: value}`` dict or a bare item
-    (:func:`~native_mm.prompt_media.as_segment`) -> (kind, value)."""
-    seg = as_segment(seg, k)
-    if hasattr(seg, "kind") and hasattr(seg, "value"):
-        return seg.kind, seg.value
-    if isinstance(seg, dict):
-        keys = [key for key in ("text", "image", "audio") if key in seg]
-        if len(keys) != 1:
-            raise PromptError(f"prompt segment {k}: needs exactly one of text/image/audio")
-        return keys[0], seg[keys[0]]
-    if isinstance(seg, (tuple, list)) and len(seg) == 2:
-        return str(seg[0]), seg[1]
-    raise PromptError(f"prompt segment {k}: cannot read a {type(seg).__name__} as a segment")
-
-
 def encode_prompt(
     prompt_segments: Sequence[Any],
     tokenizers: Any,
@@ -387,7 +372,11 @@ def encode_prompt(
     codec = SequenceCodec(tokenizers.vocab, layout)
     parts, used = [np.array([BOS])], 1
     for k, seg in enumerate(prompt_segments):
-        kind, value = _segment_kind_value(seg, k)
+        kind, value = kind_and_value(seg, k)
+        if kind == "special":  # a turn's role marker or <eot> (an added special)
+            parts.append(np.array([added_special(tokenizers.vocab, value, k)]))
+            used += 1
+            continue
         if kind not in ("text", "image", "audio"):
             raise PromptError(f"prompt segment {k}: unknown kind {kind!r}")
         where = f"prompt segment {k} ({kind})"

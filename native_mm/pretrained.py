@@ -26,9 +26,10 @@ from native_mm import generation_config
 from native_mm.checkpoint import CheckpointError, Pretrained, load_checkpoint
 from native_mm.constraints import GenerationError, OutputSpec
 from native_mm.generation import Generation, SamplingConfig, audio_frames_for, generate, stream
-from native_mm.prompt_media import PromptMedia
+from native_mm.prompt_media import PromptMedia, added_special
 from native_mm.release import find_checkpoint, find_tokenizers
 from native_mm.tokenizers.base import TokenizerSet
+from native_mm.vocab import EOS
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -122,6 +123,7 @@ class MultimodalModel:
         max_new_tokens: int,
         seed: int | None,
         sampling: dict,
+        stop: Sequence[str] = (),
     ) -> tuple[list, OutputSpec, SamplingConfig, PromptMedia]:
         if output not in (None, "text", "image", "audio"):
             raise GenerationError(f"output must be text, image, audio or None, got {output!r}")
@@ -134,7 +136,8 @@ class MultimodalModel:
         items = [prompt] if isinstance(prompt, (str, Path)) else list(prompt)
         segments = items  # strings, PIL images, waveforms, paths: see prompt_media.as_segment
         frames = None if audio_seconds is None else audio_frames_for(audio_seconds, self.tokenizers)
-        spec = OutputSpec(output, image_size, frames)
+        stops = (EOS, *(added_special(self.tokenizers.vocab, name, -1) for name in stop))
+        spec = OutputSpec(output, image_size, frames, stop_tokens=stops)
         size = sampling.pop("prompt_image_size", None) or self.defaults.prompt_image_size
         settings = {"temperature": 1.0, **self.defaults.for_output(output), **sampling}
         config = SamplingConfig(max_new_tokens=max_new_tokens, seed=seed, **settings)
@@ -150,6 +153,7 @@ class MultimodalModel:
         audio_seconds: float | None = None,
         max_new_tokens: int = 512,
         seed: int | None = 0,
+        stop: Sequence[str] = (),
         **sampling: Any,
     ) -> list[Generation]:
         """Interleaved prompt in, one :class:`Generation` per sample out.
@@ -159,16 +163,34 @@ class MultimodalModel:
                 ``(samples, sample_rate)`` arrays and image/audio paths, in order.
             output: force ``"text"``, ``"image"`` or ``"audio"`` (None: the model picks).
             image_size / audio_seconds: force the output image's grid (codes) or duration.
+            stop: added specials that end the answer besides ``<eos>`` (e.g. ``"<eot>"``).
             sampling: ``temperature``, ``top_k``, ``top_p``, ``cfg_scale``,
                 ``prompt_image_size`` over the model's generation config.
         """
         segments, spec, config, media = self._request(
-            prompt, output, image_size, audio_seconds, max_new_tokens, seed, dict(sampling)
+            prompt, output, image_size, audio_seconds, max_new_tokens, seed, dict(sampling), stop
         )
         p = self.pretrained
         return generate(
             p.model, segments, self.tokenizers, spec, config, num_samples, p.layout, media
         )
+
+    def chat(
+        self, turns: Sequence[tuple[str, Any]], output: str | None = None, **options: Any
+    ) -> list[Generation]:
+        """The assistant's next turn after ``turns``: ``(role, prompt)`` pairs, role
+        ``"user"`` or ``"assistant"``, each prompt a string, an item or a list of items as
+        :meth:`generate` takes them. The model (a chat stage's, whose set holds
+        :data:`~native_mm.vocab.CHAT_SPECIALS`) answers in the turn template it was trained
+        on and stops at ``<eot>``; ``options`` as for :meth:`generate`."""
+        segments: list[Any] = []
+        for k, (role, prompt) in enumerate(turns):
+            if role not in ("user", "assistant"):
+                raise GenerationError(f"turn {k}: role must be user or assistant, got {role!r}")
+            items = list(prompt) if isinstance(prompt, list) else [prompt]
+            segments += [("special", f"<{role}>"), *items, ("special", "<eot>")]
+        segments.append(("special", "<assistant>"))
+        return self.generate(segments, output, stop=("<eot>",), **options)
 
     def stream(
         self,

@@ -219,3 +219,27 @@ def as_segment(item: Any, k: int) -> Any:
             )
         return ("audio", Waveform(np.atleast_2d(samples), int(rate)))
     return item  # (kind, value) pairs, {kind: value} dicts, Segments: generation reads them
+
+
+def kind_and_value(seg: Any, k: int) -> tuple[str, Any]:
+    """A Segment, a ``(kind, value)`` pair, a ``{kind: value}`` dict or a bare item
+    (:func:`~native_mm.prompt_media.as_segment`) -> (kind, value)."""
+    seg = as_segment(seg, k)
+    if hasattr(seg, "kind") and hasattr(seg, "value"):
+        return seg.kind, seg.value
+    if isinstance(seg, dict):
+        keys = [key for key in ("text", "image", "audio") if key in seg]
+        if len(keys) != 1:
+            raise PromptError(f"prompt segment {k}: needs exactly one of text/image/audio")
+        return keys[0], seg[keys[0]]
+    if isinstance(seg, (tuple, list)) and len(seg) == 2:
+        return str(seg[0]), seg[1]
+    raise PromptError(f"prompt segment {k}: cannot read a {type(seg).__name__} as a segment")
+
+
+def added_special(vocab: Any, name: Any, k: int) -> int:
+    """The id of a prompt's special segment (a chat turn's marker), or a PromptError."""
+    if name not in vocab.added:
+        raise PromptError(f"prompt segment {k}: the model has no {name!r} token (its added "
+                          f"specials: {list(vocab.added)})")  # fmt: skip
+    return vocab.special_id(name)

@@ -20,7 +20,13 @@ import json
 from pathlib import Path
 
 from native_mm import cli_help
-from native_mm.checkpoint import CheckpointError, Pretrained, export_model, load_checkpoint
+from native_mm.checkpoint import (
+    SHARDED_META,
+    CheckpointError,
+    Pretrained,
+    export_model,
+    load_checkpoint,
+)
 from native_mm.io import atomic_write
 
 TOKENIZERS = "tokenizers"  # the tokenizer set's folder inside a model directory
@@ -30,10 +36,10 @@ CARD = "README.md"
 def find_checkpoint(path: str | Path) -> Path:
     """A checkpoint file, a model directory, or a run directory's last checkpoint."""
     path = Path(path)
-    if path.is_file() or (path / "config.json").is_file():
+    if path.is_file() or (path / "config.json").is_file() or (path / SHARDED_META).is_file():
         return path
     for candidate in ("lm/checkpoints/last.ckpt", "checkpoints/last.ckpt"):
-        if (path / candidate).is_file():
+        if (path / candidate).exists():  # a file, or a sharded (FSDP) checkpoint's folder
             return path / candidate
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such checkpoint file, model or run directory")

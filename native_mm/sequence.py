@@ -31,7 +31,7 @@ from native_mm.vocab import BOA, BOI, BOS, EOA, EOI, EOS, PAD, SEP, UNCOND, Voca
 if TYPE_CHECKING:  # tokenizers import sequence-free code only; keep the arrow one-way
     from native_mm.tokenizers.base import TokenizerSet
 
-KINDS = ("text", "image", "audio")
+KINDS = ("text", "image", "audio", "special")  # special: added specials (role markers)
 
 
 _CONTROL = (PAD, SEP, UNCOND)
@@ -52,7 +52,7 @@ class Span:
         if self.kind not in KINDS:
             raise SequenceError(f"span kind {self.kind!r} is not one of {KINDS}")
         self.codes = np.asarray(self.codes, dtype=np.int64)
-        want = 1 if self.kind == "text" else 2
+        want = 1 if self.kind in ("text", "special") else 2
         if self.codes.ndim != want:
             raise SequenceError(
                 f"{self.kind} span codes must be {want}-D, got shape {self.codes.shape}"
@@ -110,6 +110,12 @@ class SequenceCodec:
 
     def _span_ids(self, span: Span) -> np.ndarray:
         c, v = span.codes, self.vocab
+        if span.kind == "special":  # codes are the ids themselves: added specials only
+            added = v.ranges.get("added")
+            if added is None or not all(int(t) in added for t in c):
+                raise SequenceError(f"special span ids {c.tolist()} are not added specials "
+                                    f"of this vocabulary ({list(v.added)})")  # fmt: skip
+            return c
         if span.kind == "text":
             _check_codes(c, v.text_size, "text")
             return self.t0 + c
@@ -201,6 +207,9 @@ class SequenceCodec:
                     report.spans.append(Span(kind, codes))
             elif tok == BOS and i == 0 or tok in _CONTROL:
                 i += 1
+            elif v.added and tok in v.ranges["added"]:  # a role marker or <eot>
+                report.spans.append(Span("special", np.array([tok])))
+                i += 1
             elif tok == EOS:
                 rest = ids[i + 1 :]
                 if np.any(rest != PAD):
@@ -236,6 +245,10 @@ def encode_document(
     """
     spans, loss = [], []
     for k, seg in enumerate(doc.segments):
+        if seg.kind == "special":
+            spans.append(Span("special", [special_id(tokenizers.vocab, seg.value, doc, k)]))
+            loss.append(seg.loss)
+            continue
         try:
             codes = None if media_codes is None else media_codes(seg.kind, seg.value)
             if codes is None:
@@ -247,6 +260,19 @@ def encode_document(
     return codec.encode(spans, loss=loss)
 
 
+def special_id(vocab: Vocab, name: str, doc: Any, k: int) -> int:
+    """The id of an added special a document uses, or an error saying how to add it."""
+    if name not in vocab.added:
+        raise SequenceError(
+            f"{doc.source} (id {doc.id!r}) segment {k}: the tokenizer set has no {name} token; "
+            "make a chat set: native-mm tokenizer set --from SET --add-specials "
+            "'<user>,<assistant>,<eot>'"
+        )
+    return vocab.special_id(name)
+
+
 def decode_spans(spans: list[Span], tokenizers: TokenizerSet) -> list[Any]:
-    """Spans -> media: ``str`` for text, ``PIL.Image.Image`` for images, ``Waveform``."""
-    return [tokenizers[s.kind].decode(s.codes) for s in spans]
+    """Spans -> media: ``str`` for text, ``PIL.Image.Image`` for images, ``Waveform``;
+    a special span (a role marker) -> its name, e.g. ``"<user>"``."""
+    return [tokenizers.vocab.describe(int(s.codes[0])) if s.kind == "special"
+            else tokenizers[s.kind].decode(s.codes) for s in spans]  # fmt: skip

@@ -30,6 +30,9 @@ SPECIALS: tuple[str, ...] = (
     "<reserved12>", "<reserved13>", "<reserved14>", "<reserved15>",
 )  # fmt: skip
 PAD, BOS, EOS, BOI, EOI, BOA, EOA, SEP, UNCOND = range(9)
+# The turn template's specials (documents with "turns"), added to a set for a chat stage:
+# `native-mm tokenizer set --from SET --add-specials "<user>,<assistant>,<eot>"`.
+CHAT_SPECIALS: tuple[str, ...] = ("<user>", "<assistant>", "<eot>")
 
 # Modality ids used by the vectorised lookup (a uint8 per token id).
 MODALITIES: tuple[str, ...] = ("special", "text", "image", "audio")

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import yaml
 
 from native_mm.apps.digits import images as digits
 from native_mm.apps.digits import speech
@@ -222,6 +223,24 @@ def test_smoke_pipeline_every_stage(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     # a second run finds every artifact and skips every stage
     again = Pipeline(recipe, out, log=lambda *a, **k: None).run()
     assert all(s["status"] == "skipped" for s in again["stages"])
+    # the second stage (recipes/digits_sft.yaml, smoke): chat set, conversations, a fit
+    # from these weights per variant, the multi-turn and the six base directions
+    from native_mm.apps.digits.sft import SFT, SFT_KEYS
+
+    sft_path = REPO / "recipes" / "digits_sft.yaml"
+    sft_recipe = load_recipe(sft_path, smoke=True, known=SFT_KEYS)
+    sft_recipe["eval"] = {**sft_recipe["eval"], "max_items": 2, "robustness_items": 0}
+    sft_recipe["variants"] = {"replay": 1.0}  # (no_replay: the same stages, one source less)
+    results = SFT(sft_recipe, sft_path, out, tmp_path / "sft", log=lambda *a: None).run()
+    assert set(results) == {"replay"}
+    chat = results["replay"]["chat"]
+    assert sorted(chat) == ["chat audio->text", "chat audio->text, then image",
+                            "chat image->text", "chat image->text, then audio"]  # fmt: skip
+    assert all(row["n"] == 2 for row in chat.values())
+    replayed = yaml.safe_load((tmp_path / "sft/replay/lm/lm_config.yaml").read_text())
+    assert [s["path"] for s in replayed["data"]["sources"]] == [
+        str(tmp_path / "sft/shards"), str(out / "shards")]  # fmt: skip
+    assert "| chat image->text, then audio |" in (tmp_path / "sft/report.md").read_text()
 
 
 def test_recipe_eval_settings_and_a_bad_key(tmp_path: Path) -> None:

@@ -304,15 +304,21 @@ class ShardDataModule(L.LightningDataModule):
         self.batches_consumed = 0
         self._train: ShardSet | None = None
         sets = [ShardSet(s.path, verify="none") for s in self.sources + self.val_sources]
-        self.vocab_manifest = sets[0].manifest["vocab"]
-        for s in sets[1:]:
-            if manifest_digest(s.manifest["vocab"]) != manifest_digest(self.vocab_manifest):
+        # one tokenizer set; a source may lack specials added later (e.g. pretraining
+        # shards replayed in a chat stage): the run reads the widest vocabulary
+        wide = max(sets, key=lambda s: s.vocab.size)
+        self.vocab_manifest = wide.manifest["vocab"]
+        for s in sets:
+            same = s.manifest["vocab"].get("fingerprints") == self.vocab_manifest.get(
+                "fingerprints"
+            )
+            if not (same and s.vocab.grows_into(wide.vocab)):
                 raise ShardError(
                     f"{s.path}: built with a different tokenizer set "
-                    f"({manifest_digest(s.manifest['vocab'])}) than {sets[0].path} "
+                    f"({manifest_digest(s.manifest['vocab'])}) than {wide.path} "
                     f"({manifest_digest(self.vocab_manifest)})"
                 )
-        self.vocab = sets[0].vocab
+        self.vocab = wide.vocab
         # the media layouts the model learns; a kind a source holds none of does not
         # constrain it (text-only shards leave audio open)
         try:

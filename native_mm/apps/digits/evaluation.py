@@ -120,9 +120,11 @@ def _pick(specific: float | None, shared: float | None) -> float | None:
 GenerateFn = Callable[[str, list[Item]], list[Any]]
 
 
-def model_generator(model: Any, tokenizers: Any, cfg: EvalConfig, layout: Any = None) -> GenerateFn:
+def model_generator(model: Any, tokenizers: Any, cfg: EvalConfig, layout: Any = None,
+                    stop_tokens: tuple[int, ...] = (2,)) -> GenerateFn:  # fmt: skip
     """A ``(direction, items) -> decoded outputs`` function over the real model, whose
-    media ``layout`` (``load_checkpoint(...).layout``; None = the vocabulary's) it uses.
+    media ``layout`` (``load_checkpoint(...).layout``; None = the vocabulary's) it uses;
+    ``stop_tokens``: ``<eos>`` (id 2), or also a chat turn's ``<eot>``.
 
     Outputs are ``str`` / ``PIL.Image`` / ``Waveform``, or ``None`` when the row did not
     produce a span of the forced modality.
@@ -150,12 +152,13 @@ def model_generator(model: Any, tokenizers: Any, cfg: EvalConfig, layout: Any = 
     def run(direction: str, items: list[Item]) -> list[Any]:
         dst = direction.split("->")[1]
         if dst == "text":
-            out = gen.OutputSpec(modality="text")
+            out = gen.OutputSpec(modality="text", stop_tokens=stop_tokens)
             samp = gen.SamplingConfig(max_new_tokens=24, temperature=cfg.temperature_text,
                                       seed=cfg.seed)  # fmt: skip
         else:
             image = dst == "image"
-            out = gen.OutputSpec(modality=dst, image_size=grid if image else None)
+            out = gen.OutputSpec(modality=dst, image_size=grid if image else None,
+                                 stop_tokens=stop_tokens)  # fmt: skip
             samp = gen.SamplingConfig(
                 max_new_tokens=grid[0] * grid[1] + 4 if image else max_frames * q + 2,
                 temperature=_pick(getattr(cfg, f"temperature_{dst}"), cfg.temperature_media),
@@ -417,7 +420,7 @@ def _make_out_dir(out: str | Path) -> None:
 def evaluate_checkpoint(
     ckpt: str | Path, tokenizers_dir: str | Path | None, out: str | Path, cfg: EvalConfig,
     audio_root: str | None = None, progress: bool = True, device: str = "cpu",
-    dtype: str | None = None,
+    dtype: str | None = None, judges: Judges | None = None,
 ) -> dict:  # fmt: skip
     """Load the checkpoint (or model / run directory) and tokenizers (None: its own),
     evaluate every direction, save into ``out``."""
@@ -434,7 +437,7 @@ def evaluate_checkpoint(
     _make_out_dir(out)
     # with the layout the model was trained on
     lm, tokenizers = load(find_checkpoint(ckpt), tokenizers_dir, device, dtype)
-    judges = Judges(audio_root)
+    judges = judges or Judges(audio_root)  # (a caller evaluating many models shares them)
     own = judges.own_accuracy(cfg, audio_root)
     if progress:
         print(

@@ -80,14 +80,17 @@ def deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
-def load_recipe(path: str | Path, smoke: bool = False) -> dict:
-    """Read a pipeline recipe; with ``smoke`` its ``smoke:`` block is merged over it."""
+RUN_KEYS = {"out", "seed", "threads", "corpus", "tokenizers", "tokenize", "fit", "eval"}
+
+
+def load_recipe(path: str | Path, smoke: bool = False, known: set[str] = RUN_KEYS) -> dict:
+    """Read a recipe (``known``: its top-level keys; the main job's by default); with
+    ``smoke`` its ``smoke:`` block is merged over it."""
     path = Path(path)
     raw = read_yaml(path, RecipeError, "recipe")
     smoke_block = raw.pop("smoke", {}) or {}
     if smoke:
         raw = deep_merge(raw, smoke_block)
-    known = {"out", "seed", "threads", "corpus", "tokenizers", "tokenize", "fit", "eval"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise RecipeError(f"{path}: unknown recipe keys {unknown}; have {sorted(known)}")
