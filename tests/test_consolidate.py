@@ -21,14 +21,14 @@ from native_mm.tokenizers.base import TokenizerSet
 ARCH = dict(block_size=128, n_layer=2, n_head=4, n_kv_head=2, n_embd=64, kernels="plain")
 
 
-def _rank(rank: int, world: int, out: str, config: dict, meta: dict, port: int) -> None:
+def _rank(rank: int, world: int, out: str, config: dict, meta: dict, store: str) -> None:
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
     from torch.distributed.fsdp import fully_shard
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # a file store: no port to race for
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     torch.manual_seed(0)
     model = Transformer(ModelConfig(**config))
     for block in model.blocks:
@@ -39,13 +39,12 @@ def _rank(rank: int, world: int, out: str, config: dict, meta: dict, port: int) 
     dcp.save({"model": {f"model.{k}": v for k, v in state.items()}}, checkpoint_id=out)
     if rank == 0:
         torch.save(meta, os.path.join(out, "meta.pt"))
+    dist.barrier()  # no rank leaves while another still talks to it (gloo aborts then)
     dist.destroy_process_group()
 
 
 @pytest.fixture(scope="module")
 def sharded(tmp_path_factory, tokenizer_dir):
-    import socket
-
     import torch.multiprocessing as mp
 
     tset = TokenizerSet.load(tokenizer_dir)
@@ -53,11 +52,9 @@ def sharded(tmp_path_factory, tokenizer_dir):
     layout = Layout.for_vocab(tset.vocab, tset.vocab.audio_levels).to_dict()
     meta = {"model_config": config, "vocab_manifest": tset.manifest(), "layout": layout,
             "weight_layout": "nn.Linear", "global_step": 7}  # fmt: skip
-    out = tmp_path_factory.mktemp("fsdp") / "last.ckpt"
-    with socket.socket() as s:  # a free port for the process group
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_rank, args=(2, str(out), config, meta, port), nprocs=2)
+    root = tmp_path_factory.mktemp("fsdp")
+    out = root / "last.ckpt"
+    mp.spawn(_rank, args=(2, str(out), config, meta, str(root / "store")), nprocs=2)
     torch.manual_seed(0)
     return out, Transformer(ModelConfig(**config)), tset
 

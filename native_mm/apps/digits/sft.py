@@ -34,7 +34,13 @@ import yaml
 
 from native_mm import cli_help
 from native_mm.apps.digits.corpus import CorpusConfig, _audio_pools, _image_pool
-from native_mm.apps.digits.recipe import deep_merge, eval_settings, load_recipe, resolve
+from native_mm.apps.digits.recipe import (
+    deep_merge,
+    eval_settings,
+    generation_defaults,
+    load_recipe,
+    resolve,
+)
 from native_mm.apps.digits.wording import WORDS
 from native_mm.io import atomic_write, read_yaml, write_json
 from native_mm.vocab import CHAT_SPECIALS
@@ -202,8 +208,16 @@ class SFT:
             f.write(yaml.safe_dump(cfg, sort_keys=False))
         argv = ["--config", str(run / "lm_config.yaml")]
         fit_main(argv + (["--ckpt_path", str(ckpt)] if ckpt.is_file() else []))
+        self.write_generation_config(run)
         write_json(run / "done.json", {"checkpoint": str(ckpt)})
         return ckpt
+
+    def write_generation_config(self, run: Path) -> Path:
+        """The eval's sampling settings as the model's defaults (as the main job does)."""
+        from native_mm.generation_config import save
+
+        cfg, _ = eval_settings(self.base_recipe, **self.r.get("eval", {}))
+        return save(generation_defaults(cfg), run)
 
     def evaluate(self, variant: str) -> dict:
         """Six base directions (``eval.json``) and the conversation (``chat.json``)."""
