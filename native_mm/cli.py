@@ -61,6 +61,10 @@ VERBS: dict[tuple[str, ...], tuple[str, str]] = {
         "native_mm.release:main",
         "a run or checkpoint -> a self-contained model directory (weights, tokenizers, card)",
     ),
+    ("serve",): (
+        "native_mm.serve:main",
+        "serve a model directory over HTTP: streamed answers, health and model info",
+    ),
     ("generate",): (
         "native_mm.generate_cli:main",
         "generate text, an image or audio from an interleaved prompt (checkpoint + tokenizers)",

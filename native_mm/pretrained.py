@@ -114,7 +114,7 @@ class MultimodalModel:
         )
         return cls(pretrained, tset, defaults)
 
-    def _request(
+    def prepare(
         self,
         prompt: Any,
         output: str | None,
@@ -125,6 +125,8 @@ class MultimodalModel:
         sampling: dict,
         stop: Sequence[str] = (),
     ) -> tuple[list, OutputSpec, SamplingConfig, PromptMedia]:
+        """A request in the API's terms -> what the library's generation takes (the
+        model's sampling defaults under ``sampling``); also the server's entry."""
         if output not in (None, "text", "image", "audio"):
             raise GenerationError(f"output must be text, image, audio or None, got {output!r}")
         unknown = sorted(set(sampling) - {*generation_config.KEYS, "prompt_image_size"})
@@ -167,7 +169,7 @@ class MultimodalModel:
             sampling: ``temperature``, ``top_k``, ``top_p``, ``cfg_scale``,
                 ``prompt_image_size`` over the model's generation config.
         """
-        segments, spec, config, media = self._request(
+        segments, spec, config, media = self.prepare(
             prompt, output, image_size, audio_seconds, max_new_tokens, seed, dict(sampling), stop
         )
         p = self.pretrained
@@ -202,7 +204,7 @@ class MultimodalModel:
         **sampling: Any,
     ) -> Iterator[Any]:
         """Decoded outputs (``str``, PIL image, Waveform) as each segment finishes."""
-        segments, spec, config, media = self._request(
+        segments, spec, config, media = self.prepare(
             prompt, output, None, None, max_new_tokens, seed, dict(sampling)
         )
         p = self.pretrained
