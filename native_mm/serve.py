@@ -135,6 +135,7 @@ def _stream(mm, codec, prompt, spec, config, stream_ids) -> Iterator[tuple[str, 
             reason = "stop_token" if t in spec.stop_tokens else "length"
             yield "done", {"finish_reason": reason, "tokens": n}
             return
+        yield "step", n  # not sent: hands control back after every token (disconnects)
 
 
 def create_app(mm: MultimodalModel, limits: Limits | None = None) -> Any:
@@ -142,6 +143,7 @@ def create_app(mm: MultimodalModel, limits: Limits | None = None) -> Any:
     from fastapi import FastAPI, HTTPException, Request
     from fastapi.responses import JSONResponse, StreamingResponse
     from pydantic import BaseModel, Field, model_validator
+    from starlette.background import BackgroundTask
 
     limits = limits or Limits()
     app = FastAPI(title="native-mm", version="1")
@@ -192,7 +194,7 @@ def create_app(mm: MultimodalModel, limits: Limits | None = None) -> Any:
                 "generation_defaults": mm.defaults.to_dict(), "limits": asdict(limits)}  # fmt: skip
 
     @app.post("/generate")
-    def generate(req: GenerateRequest):
+    def generate(req: GenerateRequest, request: Request):
         with counter:
             if waiting[0] > limits.max_waiting:
                 raise HTTPException(503, "the server is busy; retry later")
@@ -221,11 +223,28 @@ def create_app(mm: MultimodalModel, limits: Limits | None = None) -> Any:
                     out["text"] += data
                 elif name == "done":
                     out.update(data)
-                else:
+                elif name != "step":
                     out["media"].append({"kind": name, "data": data})
             return out
-        sse = (f"event: {n}\ndata: {json.dumps(d)}\n\n" for n, d in body())
-        return StreamingResponse(sse, media_type="text/event-stream")
+
+        events_left = body()
+
+        async def sse() -> Any:
+            """Events pulled from the generation thread, one step at a time."""
+            import anyio
+
+            while not await request.is_disconnected():
+                # not cancellable mid-step: the generator is idle when the response ends
+                item = await anyio.to_thread.run_sync(next, events_left, None)
+                if item is None:
+                    return
+                if item[0] != "step":
+                    yield f"event: {item[0]}\ndata: {json.dumps(item[1])}\n\n"
+
+        # runs when the response ends, finished or the client gone: generation stops
+        # there (not at the generator's garbage collection) and the model is free again
+        done = BackgroundTask(events_left.close)
+        return StreamingResponse(sse(), media_type="text/event-stream", background=done)
 
     return app
 

@@ -128,3 +128,55 @@ def test_refusals_name_the_limit(client):
     r = post({"prompt": [{"text": "x"}], "temperature": -1})
     assert r.status_code == 400 and "temperature" in r.json()["detail"]
     assert client.get("/health").json() == {"status": "ok"}  # and the server goes on
+
+
+def test_a_client_that_disconnects_frees_the_server(model, monkeypatch):
+    """Over a real socket: a client that leaves after the first event stops its
+    generation at once (the next request is served; far fewer steps than it asked for)."""
+    import socket
+    import threading
+    import time
+
+    import httpx
+    import uvicorn
+
+    from native_mm import generation
+
+    # a long text answer (the library's, same seed), streamed token by token
+    seed = next(k for k in range(50) if len(model.generate(
+        "x", "text", max_new_tokens=400, temperature=2.0, seed=k)[0].ids) >= 300)  # fmt: skip
+    steps: list[int] = []
+    real = generation.stream_ids
+
+    def counted(*args, **kwargs):
+        for event in real(*args, **kwargs):
+            steps.append(event.step)
+            time.sleep(0.01)  # a slow model: the disconnect lands mid-answer
+            yield event
+
+    monkeypatch.setattr(generation, "stream_ids", counted)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(model), port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        if server.started:
+            break
+        time.sleep(0.05)
+    long = {"prompt": [{"text": "x"}], "output": "text", "max_new_tokens": 400,
+            "temperature": 2.0, "seed": seed}  # fmt: skip
+    with httpx.stream("POST", url + "/generate", json=long, timeout=30) as r:
+        assert r.status_code == 200
+        assert next(r.iter_lines()).startswith("event: ")  # the first event; the client leaves
+    time.sleep(0.3)
+    left = len(steps)
+    steps.clear()
+    short = {"prompt": [{"text": "y"}], "output": "text", "max_new_tokens": 4, "stream": False}
+    r = httpx.post(url + "/generate", json=short, timeout=30)
+    assert r.status_code == 200 and r.json()["tokens"] >= 1
+    server.should_exit = True
+    thread.join(10)
+    assert 1 <= left < 100  # of the 300+ it would take: it stopped when the client left
