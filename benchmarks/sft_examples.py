@@ -20,11 +20,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from native_mm import from_pretrained  # noqa: E402
 from native_mm.apps.digits.evaluation import Judges  # noqa: E402
 from native_mm.apps.digits.prompts import heldout_clips, heldout_images  # noqa: E402
 from native_mm.apps.digits.sft import ASK_AUDIO, ASK_IMAGE, DRAW, SAY  # noqa: E402
 from native_mm.io import save_figure  # noqa: E402
+from native_mm.pretrained import from_pretrained  # noqa: E402
 
 
 def _spectrogram(ax, wave) -> None:

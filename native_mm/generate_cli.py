@@ -105,7 +105,7 @@ def _settings(args: argparse.Namespace, modality: str | None) -> tuple[dict, int
     given = {k: getattr(args, k) for k in generation_config.KEYS if getattr(args, k) is not None}
     path = generation_config.find(args.ckpt)
     model = generation_config.load(path) if path else generation_config.GenerationDefaults()
-    settings = {"temperature": 1.0, **model.for_output(modality), **given}
+    settings = model.settings(modality, given)
     size = args.prompt_image_size or model.prompt_image_size
     source = f"flags over {path}" if path else "flags over the library defaults: no " + (
         f"{generation_config.FILE} beside the checkpoint")  # fmt: skip

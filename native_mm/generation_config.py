@@ -41,6 +41,10 @@ class GenerationDefaults:
             settings.pop("cfg_scale", None)
         return settings
 
+    def settings(self, modality: str | None, given: dict[str, Any]) -> dict[str, Any]:
+        """SamplingConfig fields: ``given`` over these defaults over temperature 1."""
+        return {"temperature": 1.0, **self.for_output(modality), **given}
+
     def to_dict(self) -> dict:
         return {**self.sampling, "prompt_image_size": self.prompt_image_size}
 

@@ -132,14 +132,18 @@ def export_transformers(model: Transformer, out_dir: str | Path) -> Path:
     Raises:
         ExportError: per-head QK-norm gains that differ (see the module docstring).
     """
+    return write_transformers(hf_state(model), model.config, out_dir)  # raises before writing
+
+
+def write_transformers(state: dict[str, Tensor], config: ModelConfig, out_dir: str | Path) -> Path:
+    """Write :func:`hf_state`'s weights with their config and generation config."""
     from safetensors.torch import save
 
-    state = hf_state(model)  # raises before anything is written
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_bytes(out / "model.safetensors", save(state, {"format": "pt"}))
-    write_json(out / "config.json", hf_config(model.config))
-    padding = list(range(model.config.vocab_size, model.config.padded_vocab_size))
+    write_json(out / "config.json", hf_config(config))
+    padding = list(range(config.vocab_size, config.padded_vocab_size))
     write_json(out / "generation_config.json", {
         "bos_token_id": BOS, "eos_token_id": EOS, "pad_token_id": PAD,
         "suppress_tokens": padding or None,  # ids past the vocabulary: never sampled

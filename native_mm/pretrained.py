@@ -1,7 +1,7 @@
 """A released model in Python: load a model directory once, then generate any modality
 from interleaved prompts of strings, PIL images and waveforms::
 
-    from native_mm import from_pretrained
+    from native_mm.pretrained import from_pretrained
 
     model = from_pretrained("models/digits")           # what `native-mm export` wrote
     [answer] = model.generate(["Draw the digit seven."], output="image")
@@ -26,7 +26,7 @@ from native_mm import generation_config
 from native_mm.checkpoint import CheckpointError, Pretrained, load_checkpoint
 from native_mm.constraints import GenerationError, OutputSpec
 from native_mm.generation import Generation, SamplingConfig, audio_frames_for, generate, stream
-from native_mm.prompt_media import PromptMedia, added_special
+from native_mm.prompt_media import PromptMedia
 from native_mm.release import find_checkpoint, find_tokenizers
 from native_mm.tokenizers.base import TokenizerSet
 from native_mm.vocab import EOS
@@ -127,21 +127,19 @@ class MultimodalModel:
     ) -> tuple[list, OutputSpec, SamplingConfig, PromptMedia]:
         """A request in the API's terms -> what the library's generation takes (the
         model's sampling defaults under ``sampling``); also the server's entry."""
-        if output not in (None, "text", "image", "audio"):
-            raise GenerationError(f"output must be text, image, audio or None, got {output!r}")
         unknown = sorted(set(sampling) - {*generation_config.KEYS, "prompt_image_size"})
         if unknown:
             raise GenerationError(
                 f"unknown sampling options {unknown}; have "
                 f"{[*generation_config.KEYS, 'prompt_image_size']}"
             )
-        items = [prompt] if isinstance(prompt, (str, Path)) else list(prompt)
-        segments = items  # strings, PIL images, waveforms, paths: see prompt_media.as_segment
+        # strings, PIL images, waveforms, paths: see prompt_media.as_segment
+        segments = [prompt] if isinstance(prompt, (str, Path)) else list(prompt)
         frames = None if audio_seconds is None else audio_frames_for(audio_seconds, self.tokenizers)
-        stops = (EOS, *(added_special(self.tokenizers.vocab, name, -1) for name in stop))
+        stops = (EOS, *(self.tokenizers.vocab.special_id(name) for name in stop))
         spec = OutputSpec(output, image_size, frames, stop_tokens=stops)
         size = sampling.pop("prompt_image_size", None) or self.defaults.prompt_image_size
-        settings = {"temperature": 1.0, **self.defaults.for_output(output), **sampling}
+        settings = self.defaults.settings(output, sampling)
         config = SamplingConfig(max_new_tokens=max_new_tokens, seed=seed, **settings)
         return segments, spec, config, PromptMedia(size)
 

@@ -1,5 +1,5 @@
 """``native-mm export``: a run directory or checkpoint -> a self-contained model directory,
-the thing a user releases and anyone loads with :func:`native_mm.from_pretrained`::
+the thing a user releases and anyone loads with :func:`native_mm.pretrained.from_pretrained`::
 
     MODEL/
       config.json, vocab.json, model.safetensors   (+ NAME.sha256.json)  the decoder
@@ -120,7 +120,7 @@ native-mm generate --ckpt {name} --text "..." --output-modality image --out out/
 ```
 
 ```python
-from native_mm import from_pretrained
+from native_mm.pretrained import from_pretrained
 
 model = from_pretrained("{name}")
 answer = model.generate(["..."], output="text")
@@ -161,21 +161,20 @@ def export(
     if transformers:  # refused (per-head QK-norm gains) before anything is written
         from native_mm import hf_export
 
-        hf_export.hf_state(pretrained.model)
+        hf_weights = hf_export.hf_state(pretrained.model)
     out = export_model(pretrained, out, tset.manifest())
     if tok_dir.resolve() != (out / TOKENIZERS).resolve():
         tset.save(out / TOKENIZERS)
     found = generation_config.find(ckpt)
-    defaults = None
-    if found:  # the model's sampling settings travel with it
-        defaults = generation_config.load(found).to_dict()
-        generation_config.save(generation_config.load(found), out)
+    defaults = generation_config.load(found) if found else None
+    if defaults:  # the model's sampling settings travel with it
+        generation_config.save(defaults, out)
     table = Path(eval_table) if eval_table else _run_file(ckpt, "eval/eval.md")
     text = table.read_text(encoding="utf-8") if table else None
     with atomic_write(out / CARD, "w") as f:
-        f.write(model_card(pretrained, out.name, text, defaults))
+        f.write(model_card(pretrained, out.name, text, defaults and defaults.to_dict()))
     if transformers:
-        hf_export.export_transformers(pretrained.model, out / hf_export.SUBDIR)
+        hf_export.write_transformers(hf_weights, pretrained.model.config, out / hf_export.SUBDIR)
     return out
 
 

@@ -23,6 +23,7 @@ that disconnects stops its generation at the next token.
 import base64
 import binascii
 import io
+import itertools
 import json
 import threading
 from collections.abc import Iterator
@@ -87,7 +88,7 @@ def _encode(media: Any) -> tuple[str, str]:
 def answer_events(mm: MultimodalModel, request: dict, limits: Limits) -> Iterator[tuple[str, Any]]:
     """``(event, data)`` pairs of one request's answer, as they are made (raises
     PromptError / GenerationError before the first one for a request it refuses)."""
-    from native_mm.generation import encode_prompt, stream_ids
+    from native_mm.generation import encode_prompt
     from native_mm.prompt_media import PromptError, audio_seconds
     from native_mm.sequence import SequenceCodec
 
@@ -111,10 +112,12 @@ def answer_events(mm: MultimodalModel, request: dict, limits: Limits) -> Iterato
     p, tok = mm.pretrained, mm.tokenizers
     codec = SequenceCodec(tok.vocab, p.layout)
     prompt = encode_prompt(segments, tok, codec.layout, media, p.model.config.block_size)
-    return _stream(mm, codec, prompt, spec, config, stream_ids)
+    return _stream(mm, codec, prompt, spec, config)
 
 
-def _stream(mm, codec, prompt, spec, config, stream_ids) -> Iterator[tuple[str, Any]]:
+def _stream(mm, codec, prompt, spec, config) -> Iterator[tuple[str, Any]]:
+    from native_mm.generation import stream_ids
+
     tok, text_r = mm.tokenizers, mm.tokenizers.vocab.ranges["text"]
     run: list[int] = []
     shown, n = "", 0
@@ -147,8 +150,8 @@ def create_app(mm: MultimodalModel, limits: Limits | None = None) -> Any:
 
     limits = limits or Limits()
     app = FastAPI(title="native-mm", version="1")
-    gate, waiting = threading.Lock(), [0]
-    counter = threading.Lock()
+    gate = threading.Lock()  # one generation at a time
+    admitted = threading.BoundedSemaphore(limits.max_waiting + 1)  # the running one + queue
 
     class Segment(BaseModel):
         text: str | None = None
@@ -195,39 +198,44 @@ def create_app(mm: MultimodalModel, limits: Limits | None = None) -> Any:
 
     @app.post("/generate")
     def generate(req: GenerateRequest, request: Request):
-        with counter:
-            if waiting[0] > limits.max_waiting:
-                raise HTTPException(503, "the server is busy; retry later")
-            waiting[0] += 1
+        if not admitted.acquire(blocking=False):
+            raise HTTPException(503, "the server is busy; retry later")
         gate.acquire()
-        with counter:
-            waiting[0] -= 1
+        freed: list[bool] = []
+
+        def free(events: Any = None) -> None:
+            """Ends the request once, whichever way it ends: stops its generation (a
+            started generator, closed) and lets the next request in."""
+            if events is not None:
+                events.close()
+            if not freed:
+                freed.append(True)
+                gate.release()
+                admitted.release()
+
         try:
             events = answer_events(mm, req.model_dump(), limits)
             first = next(events)  # refusals raise before the first event
         except (GenerationError, ValueError) as e:
-            gate.release()
+            free()
             raise HTTPException(400, str(e)) from None
-
-        def body() -> Iterator[tuple[str, Any]]:
-            try:
-                yield first
-                yield from events  # a disconnect closes this generator: generation stops
-            finally:
-                gate.release()
-
+        except BaseException:
+            free()
+            raise
+        items = itertools.chain([first], events)
         if not req.stream:
             out = {"text": "", "media": []}
-            for name, data in body():
-                if name == "text":
-                    out["text"] += data
-                elif name == "done":
-                    out.update(data)
-                elif name != "step":
-                    out["media"].append({"kind": name, "data": data})
+            try:
+                for name, data in items:
+                    if name == "text":
+                        out["text"] += data
+                    elif name == "done":
+                        out.update(data)
+                    elif name != "step":
+                        out["media"].append({"kind": name, "data": data})
+            finally:
+                free(events)
             return out
-
-        events_left = body()
 
         async def sse() -> Any:
             """Events pulled from the generation thread, one step at a time."""
@@ -235,7 +243,7 @@ def create_app(mm: MultimodalModel, limits: Limits | None = None) -> Any:
 
             while not await request.is_disconnected():
                 # not cancellable mid-step: the generator is idle when the response ends
-                item = await anyio.to_thread.run_sync(next, events_left, None)
+                item = await anyio.to_thread.run_sync(next, items, None)
                 if item is None:
                     return
                 if item[0] != "step":
@@ -243,7 +251,7 @@ def create_app(mm: MultimodalModel, limits: Limits | None = None) -> Any:
 
         # runs when the response ends, finished or the client gone: generation stops
         # there (not at the generator's garbage collection) and the model is free again
-        done = BackgroundTask(events_left.close)
+        done = BackgroundTask(free, events)
         return StreamingResponse(sse(), media_type="text/event-stream", background=done)
 
     return app

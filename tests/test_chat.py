@@ -80,7 +80,7 @@ def test_a_set_without_the_chat_specials_says_how_to_add_them(tmp_path):
 def test_a_chat_stage_answers_and_stops_at_end_of_turn(tokenizer_dir, tmp_path):
     """A tiny model fitted on conversations (a reply per question) answers a question it
     was trained on in the template, ends with <eot>, and a second turn sees the first."""
-    from native_mm import from_pretrained
+    from native_mm.pretrained import from_pretrained
     from native_mm.training.cli import make_cli
     from native_mm.training.shards import tokenize
     from tests.doubles import fit_args, step_losses

@@ -52,9 +52,19 @@ def sharded(tmp_path_factory, tokenizer_dir):
     layout = Layout.for_vocab(tset.vocab, tset.vocab.audio_levels).to_dict()
     meta = {"model_config": config, "vocab_manifest": tset.manifest(), "layout": layout,
             "weight_layout": "nn.Linear", "global_step": 7}  # fmt: skip
-    root = tmp_path_factory.mktemp("fsdp")
-    out = root / "last.ckpt"
-    mp.spawn(_rank, args=(2, str(out), config, meta, str(root / "store")), nprocs=2)
+    # Two gloo processes on a loaded 2-core machine: now and then (about 1 suite run in 4,
+    # never alone) a rank aborts at its teardown with "terminate called without an active
+    # exception" after writing its shard. The writers are the test's harness, not the code
+    # under test, so a run whose writer aborted is written again, once, from scratch.
+    for attempt in range(2):
+        root = tmp_path_factory.mktemp("fsdp")
+        out = root / "last.ckpt"
+        try:
+            mp.spawn(_rank, args=(2, str(out), config, meta, str(root / "store")), nprocs=2)
+            break
+        except mp.ProcessExitedException:
+            if attempt:
+                raise
     torch.manual_seed(0)
     return out, Transformer(ModelConfig(**config)), tset
 

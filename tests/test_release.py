@@ -11,11 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-from native_mm import from_pretrained
 from native_mm.checkpoint import CheckpointError, load_checkpoint
 from native_mm.cli import main as cli
 from native_mm.constraints import GenerationError, OutputSpec
 from native_mm.generation import SamplingConfig, audio_frames_for, generate
+from native_mm.pretrained import from_pretrained
 from native_mm.tokenizers.base import TokenizerSet, Waveform
 
 EVAL_MD = "| direction | accuracy |\n| --- | --- |\n| text → image | 97.3% |\n"

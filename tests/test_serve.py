@@ -10,8 +10,8 @@ import json
 import numpy as np
 import pytest
 
-from native_mm import from_pretrained
 from native_mm.cli import main as cli
+from native_mm.pretrained import from_pretrained
 
 fastapi = pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402

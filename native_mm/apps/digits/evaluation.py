@@ -47,6 +47,7 @@ from native_mm.apps.digits.prompts import (
 )
 from native_mm.apps.digits.recipe import EvalConfig, eval_settings, load_recipe
 from native_mm.apps.digits.wording import WORDS
+from native_mm.vocab import EOS
 
 _DIGIT_RE = re.compile(r"\b(" + "|".join(WORDS) + r")\b|(\d)", re.IGNORECASE)
 
@@ -121,10 +122,10 @@ GenerateFn = Callable[[str, list[Item]], list[Any]]
 
 
 def model_generator(model: Any, tokenizers: Any, cfg: EvalConfig, layout: Any = None,
-                    stop_tokens: tuple[int, ...] = (2,)) -> GenerateFn:  # fmt: skip
+                    stop_tokens: tuple[int, ...] = (EOS,)) -> GenerateFn:  # fmt: skip
     """A ``(direction, items) -> decoded outputs`` function over the real model, whose
     media ``layout`` (``load_checkpoint(...).layout``; None = the vocabulary's) it uses;
-    ``stop_tokens``: ``<eos>`` (id 2), or also a chat turn's ``<eot>``.
+    ``stop_tokens``: ``<eos>``, or also a chat turn's ``<eot>``.
 
     Outputs are ``str`` / ``PIL.Image`` / ``Waveform``, or ``None`` when the row did not
     produce a span of the forced modality.

@@ -43,7 +43,7 @@ from native_mm.apps.digits.recipe import (
 )
 from native_mm.apps.digits.wording import WORDS
 from native_mm.io import atomic_write, read_yaml, write_json
-from native_mm.vocab import CHAT_SPECIALS
+from native_mm.vocab import CHAT_SPECIALS, EOS
 
 SFT_KEYS = {"out", "seed", "threads", "base_recipe", "corpus", "conversations", "variants",
             "fit", "eval"}  # fmt: skip
@@ -116,7 +116,6 @@ def chat_eval(lm: Any, tokenizers: Any, cfg: Any, audio_root: str | None, judges
     prompt and the second turn (after the model's own first answer) the same digit."""
     from native_mm.apps.digits.evaluation import judge, model_generator
     from native_mm.apps.digits.prompts import build_items
-    from native_mm.vocab import EOS
 
     vocab = tokenizers.vocab
     user, assistant, eot = (("special", s) for s in CHAT_SPECIALS)
